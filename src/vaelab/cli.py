@@ -1,0 +1,291 @@
+"""The `vaelab` command: a thin layer that parses arguments and calls the library.
+
+Bad input ends with one line on stderr, ``vaelab: error: ...``, and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import VaelabError
+
+EXIT_BAD_INPUT = 2
+
+
+def _config_from_args(args) -> "Config":
+    from .config import Config
+    from .presets import load_preset
+
+    if args.preset and args.config:
+        raise VaelabError("give --preset or --config, not both")
+    if args.preset:
+        config = load_preset(args.preset)
+    elif args.config:
+        config = Config.load(args.config)
+    elif args.resume:
+        config = Config.load(Path(args.resume) / "config.json")
+    else:
+        raise VaelabError("vaelab train needs --preset NAME or --config FILE (`vaelab presets` lists the presets)")
+    config.apply_overrides(args.set or [])
+    if getattr(args, "device", None):
+        config.train.device = args.device
+    if getattr(args, "data_dir", None):
+        config.data.data_dir = str(args.data_dir)
+    if getattr(args, "download", False):
+        config.data.download = True
+    return config.validate()
+
+
+def cmd_train(args) -> int:
+    from .train.trainer import train
+
+    config = _config_from_args(args)
+    if args.resume:
+        out = Path(args.resume)
+        if args.out and Path(args.out) != out:
+            raise VaelabError("--resume continues RUN_DIR in place: leave out --out, or give the same folder")
+    elif args.out:
+        out = Path(args.out)
+    else:
+        raise VaelabError("vaelab train needs --out RUN_DIR (where the run is written)")
+    train(config, out, resume=bool(args.resume), overwrite=args.overwrite, progress=not args.quiet)
+    print(f"run directory: {out}")
+    return 0
+
+
+def _print_eval(result: dict) -> None:
+    bpd = result.get("bits_per_dim")
+    nll = result.get("nll_iw")
+    print(f"{result['dataset']} {result['split']}, {result['n_images']} images (nats per image):")
+    print(f"  ELBO           {result['elbo']:.3f}   (reconstruction {result['recon']:.3f}, KL {result['kl']:.3f})")
+    if nll is not None:
+        print(f"  -log p(x)      {nll:.3f}   (importance-weighted, K={result['iw_samples']})")
+    print(f"  bits/dim       {bpd:.4f}" if bpd is not None else
+          "  bits/dim       n/a (not a model of 8-bit pixels: binarized data or PCA components)")
+    print(f"  active units   {result['active_units']}")
+    for key, value in result.items():
+        if key.startswith("probe_"):
+            print(f"  {key:<14} {value}")
+
+
+def cmd_eval(args) -> int:
+    from .runs import load_run
+
+    run = load_run(args.run_dir, device=args.device or "cpu", which=args.which)
+    result = run.evaluate(split=args.split, iw_samples=args.iw_samples, limit=args.limit,
+                          seed=args.seed, progress=not args.json)
+    if args.probe_labels:
+        from .probes import probe_latents
+
+        result.update(probe_latents(run, args.probe_labels, seed=args.seed))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        _print_eval(result)
+    return 0
+
+
+def cmd_sample(args) -> int:
+    from .imagegrid import save_grid
+    from .runs import load_run
+
+    if args.n < 1:
+        raise VaelabError(f"-n must be at least 1, got {args.n}")
+    run = load_run(args.run_dir, device=args.device or "cpu")
+    save_grid(run.sample(args.n, seed=args.seed), args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_reconstruct(args) -> int:
+    import torch
+
+    from .imagegrid import save_grid
+    from .runs import load_run
+
+    if args.n < 1:
+        raise VaelabError(f"-n must be at least 1, got {args.n}")
+    run = load_run(args.run_dir, device=args.device or "cpu")
+    images, _ = run.images(args.split)
+    images = images[:args.n]
+    shown = run.transform.to_images(run.transform.fixed(images, seed=args.seed)).cpu()
+    recon = run.reconstruct(images, seed=args.seed)
+    # pairs of rows: originals above their reconstructions
+    per_row = min(len(images), 10)
+    rows = []
+    for start in range(0, len(images), per_row):
+        rows += [shown[start:start + per_row], recon[start:start + per_row]]
+    save_grid(torch.cat(rows), args.out, nrow=per_row)
+    print(f"wrote {args.out} (odd rows: originals as the model sees them; even rows: reconstructions)")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .imagegrid import save_grid
+    from .presets import load_preset
+    from .runs import load_run
+    from .train.trainer import train
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        n = 2
+        while Path(f"{out}-{n}").exists():
+            n += 1
+        out = Path(f"{out}-{n}")
+    config = load_preset("demo")
+    config.apply_overrides(args.set or [])
+    if args.device:
+        config.train.device = args.device
+    config.validate()
+    print(f"vaelab demo: training a VAE on the built-in MNIST sample into {out}")
+    train(config, out, overwrite=args.overwrite, progress=not args.quiet)
+    run = load_run(out)
+    save_grid(run.sample(64, seed=0), out / "samples.png")
+    images, _ = run.images("test")
+    save_grid(__import__("torch").cat([run.transform.fixed(images[:10], 0), run.reconstruct(images[:10])]),
+              out / "reconstructions.png", nrow=10)
+    result = run.evaluate("test", iw_samples=args.iw_samples)
+    _print_eval(result)
+    print(f"wrote {out / 'samples.png'} and {out / 'reconstructions.png'}")
+    return 0
+
+
+def cmd_data(args) -> int:
+    from . import data
+
+    if args.action == "list":
+        for name, description in data.describe_datasets():
+            print(f"{name:<16} {description}")
+        print(f"{'folder:PATH':<16} a folder of images (class subfolders optional)")
+        print(f"data directory: {data.resolve_data_dir(args.data_dir)}")
+        return 0
+    if not args.name:
+        raise VaelabError(f"vaelab data {args.action} needs a dataset name (`vaelab data list`)")
+    if args.action == "check":
+        for line in data.check_dataset(args.name, args.data_dir):
+            print(line)
+        return 0
+    path = data.download_dataset(args.name, args.data_dir)
+    print(f"{args.name}: ready in {path}")
+    return 0
+
+
+def cmd_presets(args) -> int:
+    from .presets import preset_info, preset_names
+
+    for name in preset_names():
+        info = preset_info(name)
+        print(f"{name:<24} {info.get('description', '')}")
+    return 0
+
+
+def cmd_config(args) -> int:
+    from .config import describe_keys
+
+    if args.preset:
+        from .presets import load_preset
+
+        config = load_preset(args.preset)
+        config.apply_overrides(args.set or [])
+        print(json.dumps(config.validate().to_dict(), indent=2))
+        return 0
+    for key, type_name, default in describe_keys():
+        print(f"{key:<26} {type_name:<14} {json.dumps(default)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vaelab", description="Train, evaluate and understand VAEs on image data.")
+    parser.add_argument("--version", action="version", version=f"vaelab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a VAE into a run directory")
+    p.add_argument("--preset", help="a preset name (`vaelab presets`)")
+    p.add_argument("--config", help="a config file (.json or .toml)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    p.add_argument("--out", help="the run directory to create")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when present)")
+    p.add_argument("--data-dir", help="where datasets live (default: $VAELAB_DATA or the user cache)")
+    p.add_argument("--download", action="store_true", help="download the dataset if missing")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or log on the terminal")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a run: ELBO, IW log-likelihood, bits/dim, active units")
+    p.add_argument("run_dir")
+    p.add_argument("--split", default="test", help="test (default), train, extra, or val (held out of train)")
+    p.add_argument("--iw-samples", type=int, default=100, metavar="K", help="importance samples per image (default 100)")
+    p.add_argument("--limit", type=int, default=0, help="evaluate only the first N images")
+    p.add_argument("--which", default="final", choices=("final", "best", "last"), help="which weights")
+    p.add_argument("--probe-labels", type=int, default=0, metavar="N",
+                   help="fit classifiers on the posterior means of N labelled training images")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("sample", help="a grid of samples from the prior")
+    p.add_argument("run_dir")
+    p.add_argument("-n", type=int, default=64)
+    p.add_argument("--out", required=True, help="PNG file to write")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("reconstruct", help="originals and their reconstructions")
+    p.add_argument("run_dir")
+    p.add_argument("-n", type=int, default=20)
+    p.add_argument("--split", default="test")
+    p.add_argument("--out", required=True, help="PNG file to write")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device")
+    p.set_defaults(func=cmd_reconstruct)
+
+    p = sub.add_parser("demo", help="train a small VAE on the built-in sample (about a minute)")
+    p.add_argument("--out", default="vaelab-demo")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE")
+    p.add_argument("--iw-samples", type=int, default=100)
+    p.add_argument("--device")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("data", help="list, check or download datasets")
+    p.add_argument("action", choices=("list", "check", "download"))
+    p.add_argument("name", nargs="?")
+    p.add_argument("--data-dir")
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("presets", help="list the presets")
+    p.set_defaults(func=cmd_presets)
+
+    p = sub.add_parser("config", help="list the config keys, or print a preset's resolved config")
+    p.add_argument("--preset")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_BAD_INPUT
+    try:
+        return args.func(args)
+    except VaelabError as exc:
+        print(f"vaelab: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("vaelab: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,350 @@
+"""Typed configuration: presets, config files, ``--set key=value`` overrides, validation.
+
+A Config is three plain dataclasses (data, model, train). Every key can be set from the
+command line as ``section.key=value``; unknown keys get a "did you mean" suggestion and
+bad values one clear line, both as :class:`VaelabError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import VaelabError
+
+TRANSFORMS = ("binarize-dynamic", "binarize-static", "scale", "pca")
+NETWORKS = ("mlp", "conv")
+KL_SCHEDULES = ("constant", "linear", "cyclical", "ae-then-anneal")
+OBJECTIVES = ("elbo", "iwae")
+LR_SCHEDULES = ("constant", "cosine", "step", "plateau")
+EARLY_STOPPING = ("none", "val", "train")
+NAN_POLICIES = ("raise", "skip", "rollback")
+
+
+@dataclass
+class DataConfig:
+    name: str = "mnist"
+    data_dir: str | None = None  # None: $VAELAB_DATA, else the per-user cache
+    download: bool = False
+    transform: str = "binarize-dynamic"
+    val_fraction: float = 0.1  # held out of train for validation
+    limit: int = 0  # use only the first N training images (0: all); for smoke runs
+    image_size: int | None = None  # folder datasets: resize to this square side
+    channels: int | None = None  # folder datasets: 1 (grey) or 3 (RGB)
+    pca_components: int = 500
+    pca_fit_images: int = 10000  # shuffled training images the PCA is fitted on (0: all, incrementally)
+    pca_whiten: bool = False
+
+
+@dataclass
+class ModelConfig:
+    latent_dim: int = 20
+    encoder: str = "mlp"
+    decoder: str = "mlp"
+    hidden: list[int] = field(default_factory=lambda: [500, 500])  # encoder MLP layers
+    decoder_hidden: list[int] | None = None  # None: the encoder's, reversed
+    activation: str = "relu"
+    batch_norm: bool = False
+    dropout: float = 0.0
+    conv_channels: list[int] = field(default_factory=lambda: [32, 64])
+    conv_kernels: list[int] = field(default_factory=lambda: [4, 4])
+    conv_strides: list[int] = field(default_factory=lambda: [2, 2])
+    conv_dense: int = 256
+    likelihood: str = "bernoulli"
+    variance: str = "fixed"  # gaussian only: fixed | learned-logvar | relu | softplus | shared
+    sigma: float = 1.0  # gaussian with fixed variance: the standard deviation
+    variance_eps: float = 1e-4  # relu / softplus variance: the floor added
+    logvar_init_bias: float = 0.0
+    variance_l2: float = 0.0
+    sigmoid_mean: bool = False
+    n_mixtures: int = 5
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 0.0
+    seed: int = 0
+    device: str = "auto"  # auto: cuda when present, else cpu
+    threads: int = 0  # CPU threads for torch (0: torch's default)
+    objective: str = "elbo"
+    iw_samples: int = 1  # k for the IWAE objective
+    beta: float = 1.0  # the KL weight (0: a plain autoencoder)
+    kl_schedule: str = "constant"
+    warmup_epochs: int = 10  # linear: epochs from 0 to beta; cyclical: the rising part of a cycle
+    cycle_epochs: int = 20  # cyclical: the length of one cycle
+    anneal_step: float = 0.05  # ae-then-anneal: the weight's rise per epoch, capped at beta
+    free_bits: float = 0.0  # nats per latent dimension (0: off)
+    grad_clip: float = 0.0  # max gradient norm (0: off)
+    lr_schedule: str = "constant"
+    lr_step_epochs: int = 30
+    lr_gamma: float = 0.5
+    early_stopping: str = "none"
+    patience: int = 10
+    min_delta: float = 0.0
+    checkpoint_every: int = 1  # epochs
+    keep_checkpoints: int = 3
+    nan_policy: str = "raise"
+    eval_iw_samples: int = 0  # IW-NLL on validation at the end of training (0: off)
+    log_latent_stats: bool = True  # per-epoch spread of posterior means / stds on a fixed batch
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    preset: str | None = None  # the preset this config started from, for the record
+
+    # -- conversion ---------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict, source: str = "config") -> "Config":
+        cfg = cls()
+        if not isinstance(raw, dict):
+            raise VaelabError(f"{source}: expected a mapping of sections (data, model, train)")
+        for key, value in raw.items():
+            if key == "preset":
+                cfg.preset = value
+                continue
+            if isinstance(value, dict):
+                for sub, subvalue in value.items():
+                    cfg.set(f"{key}.{sub}", subvalue, source=source)
+            else:
+                cfg.set(key, value, source=source)
+        return cfg
+
+    def copy(self) -> "Config":
+        return Config.from_dict(self.to_dict())
+
+    # -- overrides ----------------------------------------------------------------------
+    def set(self, key: str, value, source: str = "--set") -> None:
+        """Set ``section.name`` to ``value`` (a string from the command line is parsed)."""
+        section_name, _, name = key.partition(".")
+        sections = {f.name for f in dataclasses.fields(self) if f.name != "preset"}
+        if section_name not in sections or not name:
+            raise VaelabError(f"{source}: unknown config key {key!r}{_suggest(key, all_keys())}")
+        section = getattr(self, section_name)
+        fields = {f.name: f for f in dataclasses.fields(section)}
+        if name not in fields:
+            raise VaelabError(f"{source}: unknown config key {key!r}{_suggest(key, all_keys())}")
+        hint = typing.get_type_hints(type(section))[name]
+        setattr(section, name, _coerce(value, hint, key, source))
+
+    def apply_overrides(self, assignments: list[str]) -> None:
+        for item in assignments:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise VaelabError(f"--set expects key=value, got {item!r} (e.g. --set train.epochs=5)")
+            self.set(key.strip(), value.strip())
+
+    # -- validation ---------------------------------------------------------------------
+    def validate(self) -> "Config":
+        d, m, t = self.data, self.model, self.train
+        _choice("data.transform", d.transform, TRANSFORMS)
+        _range("data.val_fraction", d.val_fraction, 0.0, 0.9)
+        _at_least("data.limit", d.limit, 0)
+        if d.image_size is not None:
+            _at_least("data.image_size", d.image_size, 2)
+        if d.channels is not None and d.channels not in (1, 3):
+            raise VaelabError(f"data.channels must be 1 or 3, got {d.channels}")
+        _at_least("data.pca_components", d.pca_components, 1)
+        _at_least("data.pca_fit_images", d.pca_fit_images, 0)
+        _at_least("model.latent_dim", m.latent_dim, 1)
+        _choice("model.encoder", m.encoder, NETWORKS)
+        _choice("model.decoder", m.decoder, NETWORKS)
+        for name in ("hidden", "decoder_hidden", "conv_channels", "conv_kernels", "conv_strides"):
+            for v in getattr(m, name) or []:
+                _at_least(f"model.{name} entries", v, 1)
+        _range("model.dropout", m.dropout, 0.0, 0.99)
+        if m.sigma <= 0 or not math.isfinite(m.sigma):
+            raise VaelabError(f"model.sigma must be a positive number, got {m.sigma}")
+        _at_least("model.variance_eps", m.variance_eps, 0.0)
+        _at_least("model.variance_l2", m.variance_l2, 0.0)
+        _at_least("model.n_mixtures", m.n_mixtures, 1)
+        if d.transform == "pca" and (m.encoder == "conv" or m.decoder == "conv"):
+            raise VaelabError("data.transform=pca gives vectors, not images: use model.encoder=mlp and model.decoder=mlp")
+        _at_least("train.epochs", t.epochs, 0)
+        _at_least("train.batch_size", t.batch_size, 1)
+        if not (t.lr > 0 and math.isfinite(t.lr)):
+            raise VaelabError(f"train.lr must be a positive number, got {t.lr} (e.g. --set train.lr=1e-3)")
+        if len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas):
+            raise VaelabError(f"train.betas must be two numbers in [0, 1), got {t.betas}")
+        _at_least("train.weight_decay", t.weight_decay, 0.0)
+        _at_least("train.threads", t.threads, 0)
+        _choice("train.objective", t.objective, OBJECTIVES)
+        _at_least("train.iw_samples", t.iw_samples, 1)
+        _at_least("train.beta", t.beta, 0.0)
+        _choice("train.kl_schedule", t.kl_schedule, KL_SCHEDULES)
+        _at_least("train.warmup_epochs", t.warmup_epochs, 1)
+        _at_least("train.cycle_epochs", t.cycle_epochs, 1)
+        _at_least("train.anneal_step", t.anneal_step, 0.0)
+        _at_least("train.free_bits", t.free_bits, 0.0)
+        _at_least("train.grad_clip", t.grad_clip, 0.0)
+        _choice("train.lr_schedule", t.lr_schedule, LR_SCHEDULES)
+        _at_least("train.lr_step_epochs", t.lr_step_epochs, 1)
+        _range("train.lr_gamma", t.lr_gamma, 1e-6, 1.0)
+        _choice("train.early_stopping", t.early_stopping, EARLY_STOPPING)
+        _at_least("train.patience", t.patience, 1)
+        _at_least("train.checkpoint_every", t.checkpoint_every, 1)
+        _at_least("train.keep_checkpoints", t.keep_checkpoints, 1)
+        _choice("train.nan_policy", t.nan_policy, NAN_POLICIES)
+        _at_least("train.eval_iw_samples", t.eval_iw_samples, 0)
+        if t.device not in ("auto", "cpu") and not t.device.startswith(("cuda", "mps")):
+            raise VaelabError(f"train.device must be auto, cpu, cuda or cuda:N, got {t.device!r}")
+        # the likelihood module validates its own names and values
+        from .likelihoods import build_likelihood
+
+        build_likelihood(m.likelihood, (1,), variance=m.variance, sigma=m.sigma,
+                         variance_eps=m.variance_eps, logvar_init_bias=m.logvar_init_bias,
+                         variance_l2=m.variance_l2, sigmoid_mean=m.sigmoid_mean,
+                         n_mixtures=m.n_mixtures)
+        if m.likelihood.startswith("discretized") and d.transform != "scale":
+            raise VaelabError(f"model.likelihood={m.likelihood} models 8-bit pixels: use data.transform=scale")
+        return self
+
+    # -- files --------------------------------------------------------------------------
+    def save(self, path: Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Config":
+        path = Path(path)
+        if not path.is_file():
+            raise VaelabError(f"config file {path} does not exist")
+        text = path.read_text()
+        try:
+            if path.suffix == ".toml":
+                try:
+                    import tomllib
+                except ModuleNotFoundError:  # Python 3.10
+                    import tomli as tomllib
+                raw = tomllib.loads(text)
+            else:
+                raw = json.loads(text)
+        except Exception as exc:  # json / toml syntax errors
+            raise VaelabError(f"config file {path} is not valid {'TOML' if path.suffix == '.toml' else 'JSON'}: "
+                              f"{str(exc).splitlines()[0]}") from None
+        return cls.from_dict(raw, source=str(path))
+
+
+def all_keys() -> list[str]:
+    cfg = Config()
+    return [f"{s}.{f.name}" for s in ("data", "model", "train")
+            for f in dataclasses.fields(getattr(cfg, s))]
+
+
+def describe_keys() -> list[tuple[str, str, object]]:
+    """(key, type, default) for every config key: README and `vaelab config` list them."""
+    cfg = Config()
+    out = []
+    for s in ("data", "model", "train"):
+        section = getattr(cfg, s)
+        hints = typing.get_type_hints(type(section))
+        for f in dataclasses.fields(section):
+            out.append((f"{s}.{f.name}", _type_name(hints[f.name]), getattr(section, f.name)))
+    return out
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+def _suggest(key: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(key, choices, n=1, cutoff=0.5)
+    if not close:
+        # also try matching the last part alone (e.g. "latent_dims" -> model.latent_dim)
+        tail = key.rpartition(".")[2]
+        by_tail = {c.rpartition(".")[2]: c for c in choices}
+        close = [by_tail[t] for t in difflib.get_close_matches(tail, list(by_tail), n=1, cutoff=0.6)]
+    return f" (did you mean {close[0]}?)" if close else " (run `vaelab config` to list the keys)"
+
+
+def _type_name(hint) -> str:
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) is list:
+        return f"list[{args[0].__name__}]"
+    if args:
+        return _type_name(args[0]) + " | None"
+    return getattr(hint, "__name__", str(hint))
+
+
+def _coerce(value, hint, key: str, source: str):
+    """Turn ``value`` (often a command-line string) into the type ``hint`` names."""
+    origin = typing.get_origin(hint)
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    optional = type(None) in typing.get_args(hint)
+    if optional and (value is None or (isinstance(value, str) and value.lower() in ("none", "null", ""))):
+        return None
+    if optional:
+        return _coerce(value, args[0], key, source)
+    if origin is list:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                try:
+                    value = json.loads(text)
+                except json.JSONDecodeError:
+                    raise VaelabError(f"{source}: {key} expects a list like 500,500, got {value!r}") from None
+            else:
+                value = [v for v in text.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise VaelabError(f"{source}: {key} expects a list like 500,500, got {value!r}")
+        return [_coerce(v, args[0], key, source) for v in value]
+    try:
+        if hint is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if hint is int:
+            if isinstance(value, bool):
+                raise ValueError
+            number = float(value) if isinstance(value, str) else value
+            if isinstance(number, float) and not number.is_integer():
+                raise ValueError
+            return int(number)
+        if hint is float:
+            if isinstance(value, bool):
+                raise ValueError
+            number = float(value)
+            if math.isnan(number):
+                raise ValueError
+            return number
+        if hint is str:
+            if not isinstance(value, (str, int, float)):
+                raise ValueError
+            return str(value)
+    except (TypeError, ValueError):
+        pass
+    else:
+        return value
+    raise VaelabError(f"{source}: {key} expects {_type_name(hint)}, got {value!r}")
+
+
+def _choice(key, value, choices):
+    if value not in choices:
+        raise VaelabError(f"{key} must be one of {', '.join(choices)}; got {value!r}"
+                          f"{_suggest(str(value), list(choices)) if difflib.get_close_matches(str(value), choices, 1, 0.5) else ''}")
+
+
+def _at_least(key, value, low):
+    if value < low:
+        raise VaelabError(f"{key} must be at least {low}, got {value}")
+
+
+def _range(key, value, low, high):
+    if not (low <= value <= high):
+        raise VaelabError(f"{key} must be between {low} and {high}, got {value}")

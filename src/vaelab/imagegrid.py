@@ -1,0 +1,43 @@
+"""Image grids as PNG files (Pillow): the quick pictures `vaelab sample` and `demo` write."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import VaelabError
+
+
+def make_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2, pad_value: float = 1.0) -> np.ndarray:
+    """float images in [0, 1], (N, C, H, W) -> uint8 array (H', W', C) with a border."""
+    images = images.detach().cpu().float().clamp(0, 1)
+    n, c, h, w = images.shape
+    nrow = nrow or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / nrow)
+    grid = torch.full((c, pad + rows * (h + pad), pad + nrow * (w + pad)), pad_value)
+    for i in range(n):
+        r, k = divmod(i, nrow)
+        top, left = pad + r * (h + pad), pad + k * (w + pad)
+        grid[:, top:top + h, left:left + w] = images[i]
+    array = (grid.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+    return array[:, :, 0] if c == 1 else array
+
+
+def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, scale: int = 2) -> Path:
+    """Save a grid PNG, nearest-neighbour upscaled so small digits stay visible."""
+    from PIL import Image
+
+    path = Path(path)
+    if path.parent and not path.parent.exists():
+        raise VaelabError(f"cannot write {path}: folder {path.parent} does not exist")
+    image = Image.fromarray(make_grid(images, nrow))
+    if scale > 1:
+        image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+    try:
+        image.save(path, format="PNG")
+    except OSError as exc:
+        raise VaelabError(f"cannot write {path}: {exc.strerror or exc}") from None
+    return path

@@ -1,0 +1,177 @@
+"""The VAE: a diagonal-Gaussian encoder, a decoder into an observation model, and the bounds.
+
+Every quantity is in nats per example, summed over the example's dimensions (the units
+contract); losses average those over the batch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .config import ModelConfig
+from .likelihoods import build_likelihood
+from .nn import build_decoder, build_encoder
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+@dataclass
+class Posterior:
+    mean: torch.Tensor  # (B, L)
+    logvar: torch.Tensor  # (B, L)
+
+    @property
+    def std(self) -> torch.Tensor:
+        return torch.exp(0.5 * self.logvar)
+
+    def rsample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The reparameterization trick: z = mean + std * eps, differentiable in both."""
+        eps = torch.randn(self.mean.shape, generator=generator, device=self.mean.device,
+                          dtype=self.mean.dtype)
+        return self.mean + self.std * eps
+
+    def kl_per_dim(self) -> torch.Tensor:
+        """Analytic KL(q(z|x) || N(0, I)) for each latent dimension, (B, L)."""
+        return 0.5 * (self.mean.pow(2) + self.logvar.exp() - 1.0 - self.logvar)
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """log q(z|x) summed over latent dims; z may carry leading sample dims."""
+        return -0.5 * (((z - self.mean) ** 2) * torch.exp(-self.logvar) + self.logvar + LOG_2PI).sum(-1)
+
+
+@dataclass
+class LossOutput:
+    loss: torch.Tensor  # scalar to minimise
+    recon: torch.Tensor  # mean over the batch of -log p(x|z), nats/image
+    kl: torch.Tensor  # mean over the batch of KL(q||p), nats/image (unweighted)
+    kl_per_dim: torch.Tensor  # (L,) mean over the batch
+    elbo: torch.Tensor  # mean over the batch of the ELBO (always beta = 1), nats/image
+
+
+def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
+    return -0.5 * (z.pow(2) + LOG_2PI).sum(-1)
+
+
+class VAE(nn.Module):
+    def __init__(self, config: ModelConfig, event_shape: tuple[int, ...]):
+        super().__init__()
+        self.config = config
+        self.event_shape = tuple(event_shape)
+        self.latent_dim = config.latent_dim
+        m = config
+        self.likelihood = build_likelihood(
+            m.likelihood, self.event_shape, variance=m.variance, sigma=m.sigma,
+            variance_eps=m.variance_eps, logvar_init_bias=m.logvar_init_bias,
+            variance_l2=m.variance_l2, sigmoid_mean=m.sigmoid_mean, n_mixtures=m.n_mixtures)
+        self.encoder = build_encoder(m, self.event_shape)
+        self.posterior_head = nn.Linear(self.encoder.out_features, 2 * m.latent_dim)
+        init_bias = self.likelihood.init_bias() if hasattr(self.likelihood, "init_bias") else None
+        self.decoder = build_decoder(m, self.event_shape, self.likelihood.n_params, init_bias)
+
+    # -- the two halves -----------------------------------------------------------------
+    def encode(self, x: torch.Tensor) -> Posterior:
+        mean, logvar = self.posterior_head(self.encoder(x)).chunk(2, dim=-1)
+        return Posterior(mean, logvar)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Decoder parameters, (B, n_params, *event_shape)."""
+        return self.decoder(z)
+
+    # -- objectives -----------------------------------------------------------------------
+    def loss(self, x: torch.Tensor, beta: float = 1.0, free_bits: float = 0.0,
+             generator: torch.Generator | None = None) -> LossOutput:
+        """Negative ELBO with a KL weight: recon + beta * KL, averaged over the batch.
+
+        ``free_bits`` (nats per latent dimension, Kingma et al. 2016) stops the optimiser
+        pushing a dimension's batch-average KL below that floor.
+        """
+        q = self.encode(x)
+        z = q.rsample(generator)
+        params = self.decode(z)
+        recon = -self.likelihood.log_prob(params, x).mean()
+        kl_per_dim = q.kl_per_dim().mean(0)
+        kl = kl_per_dim.sum()
+        kl_term = kl_per_dim.clamp(min=free_bits).sum() if free_bits > 0 else kl
+        loss = recon + beta * kl_term + self.likelihood.penalty(params)
+        return LossOutput(loss, recon.detach(), kl.detach(), kl_per_dim.detach(),
+                          (-(recon + kl)).detach())
+
+    def iwae_loss(self, x: torch.Tensor, k: int, generator: torch.Generator | None = None) -> LossOutput:
+        """The IWAE objective (Burda et al. 2016) with k samples.
+
+        Autograd through logsumexp weights each sample's gradient by its normalised
+        importance weight, which is already detached by the softmax's derivative.
+        """
+        q = self.encode(x)
+        log_w, recon_all = self._log_weights(x, q, k, generator)
+        bound = torch.logsumexp(log_w, 0) - math.log(k)  # (B,)
+        kl_per_dim = q.kl_per_dim().mean(0)
+        loss = -bound.mean()
+        return LossOutput(loss, recon_all.mean().detach(), kl_per_dim.sum().detach(),
+                          kl_per_dim.detach(), bound.mean().detach())
+
+    def _log_weights(self, x: torch.Tensor, q: Posterior, k: int,
+                     generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """log p(x, z_i) - log q(z_i | x) for k samples: (k, B), and -log p(x|z_i): (k, B)."""
+        batch = x.shape[0]
+        eps = torch.randn((k, batch, self.latent_dim), generator=generator, device=x.device,
+                          dtype=q.mean.dtype)
+        z = q.mean + q.std * eps  # (k, B, L)
+        params = self.decode(z.reshape(k * batch, -1))
+        x_rep = x.unsqueeze(0).expand(k, *x.shape).reshape(k * batch, *x.shape[1:])
+        log_px = self.likelihood.log_prob(params, x_rep).view(k, batch)
+        log_w = log_px + standard_normal_log_prob(z) - q.log_prob(z)
+        return log_w, -log_px
+
+    @torch.no_grad()
+    def elbo_terms(self, x: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Per-example ELBO, reconstruction (-log p(x|z), one sample) and analytic KL, (B,) each."""
+        q = self.encode(x)
+        params = self.decode(q.rsample(generator))
+        recon = -self.likelihood.log_prob(params, x)
+        kl = q.kl_per_dim().sum(-1)
+        return {"elbo": -(recon + kl), "recon": recon, "kl": kl}
+
+    @torch.no_grad()
+    def log_likelihood(self, x: torch.Tensor, k: int, chunk: int = 0,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+        """Importance-weighted estimate of log p(x) with k samples, (B,).
+
+        Streams over the samples in chunks with a running log-sum-exp, so memory depends on
+        the chunk, never on k. ``chunk`` 0 picks one that keeps about 2**20 decoder outputs
+        (times the parameter maps) in flight.
+        """
+        q = self.encode(x)
+        batch = x.shape[0]
+        if chunk <= 0:
+            per_sample = batch * math.prod(self.event_shape) * self.likelihood.n_params
+            chunk = max(1, min(k, (1 << 22) // max(per_sample, 1)))
+        running = torch.full((batch,), -math.inf, device=x.device, dtype=q.mean.dtype)
+        done = 0
+        while done < k:
+            n = min(chunk, k - done)
+            log_w, _ = self._log_weights(x, q, n, generator)
+            running = torch.logaddexp(running, torch.logsumexp(log_w, 0))
+            done += n
+        return running - math.log(k)
+
+    # -- generation ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample_prior(self, n: int, generator: torch.Generator | None = None,
+                     device: torch.device | str | None = None) -> torch.Tensor:
+        """Means of p(x|z) for n draws z ~ N(0, I), in the model's data space."""
+        device = device or next(self.parameters()).device
+        z = torch.randn((n, self.latent_dim), generator=generator, device=device)
+        return self.likelihood.mean(self.decode(z))
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, sample_posterior: bool = False,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+        """Decoder means at the posterior mean (or at a posterior sample)."""
+        q = self.encode(x)
+        z = q.rsample(generator) if sample_posterior else q.mean
+        return self.likelihood.mean(self.decode(z))

@@ -1,0 +1,35 @@
+"""Encoder and decoder networks, built from a ModelConfig for any data shape."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ..errors import VaelabError
+from .conv import ConvDecoder, ConvEncoder
+from .mlp import MLPDecoder, MLPEncoder
+
+
+def build_encoder(m, in_shape: tuple[int, ...]) -> nn.Module:
+    """An encoder whose ``out_features`` feed the posterior head."""
+    if m.encoder == "mlp":
+        return MLPEncoder(in_shape, m.hidden, m.activation, m.batch_norm, m.dropout)
+    if len(in_shape) != 3:
+        raise VaelabError(f"model.encoder=conv needs images (C, H, W), but the data are vectors of shape {in_shape}")
+    return ConvEncoder(in_shape, m.conv_channels, m.conv_kernels, m.conv_strides, m.conv_dense,
+                       m.activation, m.batch_norm, m.dropout)
+
+
+def build_decoder(m, out_shape: tuple[int, ...], n_params: int,
+                  init_bias: dict[int, float] | None = None) -> nn.Module:
+    """A decoder producing parameter maps of shape (B, n_params, *out_shape)."""
+    if m.decoder == "mlp":
+        hidden = m.decoder_hidden if m.decoder_hidden is not None else list(reversed(m.hidden))
+        return MLPDecoder(m.latent_dim, out_shape, n_params, hidden, m.activation, m.batch_norm,
+                          m.dropout, init_bias)
+    if len(out_shape) != 3:
+        raise VaelabError(f"model.decoder=conv needs images (C, H, W), but the data are vectors of shape {out_shape}")
+    return ConvDecoder(m.latent_dim, out_shape, n_params, m.conv_channels, m.conv_kernels,
+                       m.conv_strides, m.conv_dense, m.activation, m.batch_norm, m.dropout, init_bias)
+
+
+__all__ = ["build_encoder", "build_decoder", "MLPEncoder", "MLPDecoder", "ConvEncoder", "ConvDecoder"]

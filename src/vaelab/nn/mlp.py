@@ -1,0 +1,59 @@
+"""Fully connected networks: Linear -> [BatchNorm] -> activation -> [Dropout], repeated."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .layers import activation_layer
+
+
+def mlp_layers(in_features: int, hidden: list[int], activation: str, batch_norm: bool,
+               dropout: float) -> tuple[nn.Sequential, int]:
+    """The hidden stack; returns (module, its output width)."""
+    layers: list[nn.Module] = []
+    width = in_features
+    for size in hidden:
+        layers.append(nn.Linear(width, size))
+        if batch_norm:  # before the activation, as in Ioffe & Szegedy
+            layers.append(nn.BatchNorm1d(size))
+        layers.append(activation_layer(activation))
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        width = size
+    return nn.Sequential(*layers), width
+
+
+class MLPEncoder(nn.Module):
+    """Flattens one example of any shape and runs the hidden stack."""
+
+    def __init__(self, in_shape: tuple[int, ...], hidden: list[int], activation: str = "relu",
+                 batch_norm: bool = False, dropout: float = 0.0):
+        super().__init__()
+        self.body, self.out_features = mlp_layers(math.prod(in_shape), hidden, activation,
+                                                  batch_norm, dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x.flatten(1))
+
+
+class MLPDecoder(nn.Module):
+    """Latent code -> parameter maps of shape (B, n_params, *out_shape)."""
+
+    def __init__(self, latent_dim: int, out_shape: tuple[int, ...], n_params: int,
+                 hidden: list[int], activation: str = "relu", batch_norm: bool = False,
+                 dropout: float = 0.0, init_bias: dict[int, float] | None = None):
+        super().__init__()
+        self.out_shape = tuple(out_shape)
+        self.n_params = n_params
+        self.body, width = mlp_layers(latent_dim, hidden, activation, batch_norm, dropout)
+        size = math.prod(out_shape)
+        self.head = nn.Linear(width, n_params * size)
+        with torch.no_grad():  # e.g. the log-variance map's starting value
+            for index, value in (init_bias or {}).items():
+                self.head.bias[index * size:(index + 1) * size] = value
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(z)).view(z.shape[0], self.n_params, *self.out_shape)

@@ -1,0 +1,90 @@
+"""KL-weight (beta) schedules and learning-rate schedules.
+
+All beta schedules answer ``beta_at(t)`` for a fractional epoch t, so the weight moves
+smoothly within an epoch; the write-up's rule also learns from each epoch's result.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..config import TrainConfig
+
+
+class KLSchedule:
+    def __init__(self, t: TrainConfig):
+        self.kind = t.kl_schedule
+        self.target = t.beta
+        self.warmup = t.warmup_epochs
+        self.cycle = t.cycle_epochs
+        self.step = t.anneal_step
+        # ae-then-anneal state: weight 0 until the reconstruction stops improving
+        self.weight = 0.0
+        self.annealing = False
+        self.best_recon = math.inf
+
+    def beta_at(self, t: float) -> float:
+        if self.kind == "constant":
+            return self.target
+        if self.kind == "linear":  # 0 -> target over warmup epochs (Bowman et al. 2016)
+            return self.target * min(1.0, t / self.warmup)
+        if self.kind == "cyclical":  # Fu et al. 2019: rise over warmup epochs, hold, repeat
+            return self.target * min(1.0, (t % self.cycle) / self.warmup)
+        return self.weight  # ae-then-anneal
+
+    def end_epoch(self, train_recon: float, min_delta: float = 0.0) -> None:
+        """The write-up's rule: autoencoder until recon stalls, then + step per epoch, capped."""
+        if self.kind != "ae-then-anneal":
+            return
+        if self.annealing:
+            self.weight = min(self.target, self.weight + self.step)
+        elif train_recon < self.best_recon - min_delta:
+            self.best_recon = train_recon
+        else:
+            self.annealing = True
+            self.weight = min(self.target, self.step)
+
+    def state(self) -> dict:
+        return {"weight": self.weight, "annealing": self.annealing, "best_recon": self.best_recon}
+
+    def load_state(self, state: dict) -> None:
+        self.weight = state["weight"]
+        self.annealing = state["annealing"]
+        self.best_recon = state["best_recon"]
+
+
+def make_lr_scheduler(optimizer: torch.optim.Optimizer, t: TrainConfig):
+    """A per-epoch scheduler, or None for a constant rate."""
+    if t.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(t.epochs, 1))
+    if t.lr_schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=t.lr_step_epochs, gamma=t.lr_gamma)
+    if t.lr_schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=t.lr_gamma,
+                                                          patience=max(1, t.patience // 2))
+    return None
+
+
+class EarlyStopping:
+    """Stop after ``patience`` epochs without an improvement of at least ``min_delta``."""
+
+    def __init__(self, patience: int, min_delta: float):
+        self.patience, self.min_delta = patience, min_delta
+        self.best = math.inf
+        self.bad_epochs = 0
+
+    def update(self, value: float) -> bool:
+        """Record this epoch's monitored loss; True when training should stop."""
+        if value < self.best - self.min_delta:
+            self.best, self.bad_epochs = value, 0
+        else:
+            self.bad_epochs += 1
+        return self.bad_epochs >= self.patience
+
+    def state(self) -> dict:
+        return {"best": self.best, "bad_epochs": self.bad_epochs}
+
+    def load_state(self, state: dict) -> None:
+        self.best, self.bad_epochs = state["best"], state["bad_epochs"]

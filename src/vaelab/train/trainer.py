@@ -1,0 +1,478 @@
+"""The training loop: batches from uint8 images, the objective, schedules, validation,
+checkpoints that allow an exact resume, early stopping and the NaN guard.
+
+Kept lean on the hot path: data stay uint8 on the device and are converted per batch; the
+loop adds no host sync beyond the loss check that the NaN guard needs, and nothing per
+step that is not the model's own arithmetic.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .. import __version__
+from .. import rundir
+from ..config import Config
+from ..errors import VaelabError
+from ..model import VAE
+from ..pipeline import SPLIT_SEED, PreparedData, prepare_data
+from . import checkpoint as ckpt
+from .schedules import EarlyStopping, KLSchedule, make_lr_scheduler
+
+VAL_NOISE_SEED = 1234  # validation uses its own generator: it never moves training's RNG
+
+
+class TrainingDiverged(VaelabError):
+    """The loss or a gradient became non-finite and the NaN policy is 'raise'."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise VaelabError(f"train.device={name} but no CUDA device is available (use --device cpu)")
+    return device
+
+
+def make_optimizer(model: torch.nn.Module, t, device: torch.device) -> torch.optim.Optimizer:
+    # The fused Adam kernel does the whole update in one pass per tensor: fewer Python
+    # steps and memory sweeps than the default foreach path, same arithmetic.
+    return torch.optim.Adam(model.parameters(), lr=t.lr, betas=tuple(t.betas),
+                            weight_decay=t.weight_decay, fused=device.type in ("cpu", "cuda"))
+
+
+class Trainer:
+    def __init__(self, config: Config, out: str | Path, resume: bool = False,
+                 progress: bool = True, log=None):
+        self.config = config
+        self.out = Path(out)
+        self.resume = resume
+        self.progress = progress
+        self._log_stream = log if log is not None else sys.stderr
+        self.stop_requested: str | None = None
+
+    # -- logging -------------------------------------------------------------------------
+    def log(self, message: str) -> None:
+        line = f"[{time.strftime('%H:%M:%S')}] {message}"
+        with open(self.out / rundir.LOG, "a") as f:
+            f.write(line + "\n")
+        if self.progress or message.startswith("WARNING"):
+            print(line, file=self._log_stream, flush=True)
+
+    # -- setup ---------------------------------------------------------------------------
+    def _setup(self, transform=None) -> None:
+        cfg, t = self.config, self.config.train
+        self.device = resolve_device(t.device)
+        if t.threads:
+            torch.set_num_threads(t.threads)
+        if self.device.type == "cpu":
+            # Adam's running averages of weights whose gradient stays zero (dead ReLUs,
+            # border pixels) decay into denormal floats, which are 10-100x slower on x86.
+            torch.set_flush_denormal(True)
+        torch.manual_seed(t.seed)
+        self.data: PreparedData = prepare_data(cfg.data, seed=t.seed, transform=transform)
+        if hasattr(self.data.transform, "to"):
+            self.data.transform.to(self.device)
+        self.train_images = self.data.train.to(self.device)
+        self.val_images = self.data.val.to(self.device)
+        self.model = VAE(cfg.model, self.data.event_shape).to(self.device)
+        self.optimizer = make_optimizer(self.model, t, self.device)
+        self.scheduler = make_lr_scheduler(self.optimizer, t)
+        self.kl_schedule = KLSchedule(t)
+        self.stopper = EarlyStopping(t.patience, t.min_delta)
+        # data order and dynamic binarization draw from their own generator (saved with
+        # each checkpoint); reparameterization noise and dropout use the global one
+        self.data_gen = torch.Generator(device=self.device).manual_seed(t.seed)
+        self.epoch = 0  # completed epochs
+        self.best_val = -math.inf
+        self.skipped_steps = 0
+        self.nan_events = 0
+        self.good_state = None  # in-memory copy for the rollback policy
+        n = len(self.train_images)
+        self.steps_per_epoch = n // t.batch_size + (1 if n % t.batch_size > 1 else 0)
+
+    # -- checkpoint state ----------------------------------------------------------------
+    def _state(self) -> tuple[dict, dict]:
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        opt_tensors, opt_meta = ckpt.flatten_optimizer(self.optimizer.state_dict())
+        tensors.update(opt_tensors)
+        tensors["rng.global"] = torch.get_rng_state()
+        tensors["rng.data"] = self.data_gen.get_state()
+        if self.device.type == "cuda":
+            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
+        tensors.update(self.data.transform.state())
+        meta = {
+            "epoch": self.epoch, "best_val": self.best_val, "optimizer": opt_meta,
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "kl_schedule": self.kl_schedule.state(), "stopper": self.stopper.state(),
+            "skipped_steps": self.skipped_steps, "nan_events": self.nan_events,
+            "vaelab": __version__, "torch": torch.__version__,
+        }
+        return tensors, meta
+
+    def _snapshot(self) -> tuple[dict, dict]:
+        """A copy of the state that later steps cannot change (state_dict shares storage)."""
+        tensors, meta = self._state()
+        return {k: v.detach().clone() for k, v in tensors.items()}, json.loads(json.dumps(meta))
+
+    def _load_state(self, tensors: dict, meta: dict) -> None:
+        model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+        self.model.load_state_dict(model_state)
+        self.optimizer.load_state_dict(ckpt.unflatten_optimizer(tensors, meta["optimizer"]))
+        if self.scheduler and meta.get("scheduler"):
+            self.scheduler.load_state_dict(meta["scheduler"])
+        torch.set_rng_state(tensors["rng.global"])
+        self.data_gen.set_state(tensors["rng.data"].to("cpu") if self.device.type == "cpu" else tensors["rng.data"])
+        if "rng.cuda" in tensors and self.device.type == "cuda":
+            torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
+        self.kl_schedule.load_state(meta["kl_schedule"])
+        self.stopper.load_state(meta["stopper"])
+        self.epoch = meta["epoch"]
+        self.best_val = meta["best_val"]
+        self.skipped_steps = meta.get("skipped_steps", 0)
+        self.nan_events = meta.get("nan_events", 0)
+
+    def save_checkpoint(self, best: bool = False) -> Path:
+        folder = self.out / rundir.CHECKPOINTS
+        folder.mkdir(exist_ok=True)
+        tensors, meta = self._state()
+        path = folder / f"last-{self.epoch:06d}.safetensors"
+        ckpt.save_tensors(path, tensors, meta)
+        for old in rundir.checkpoint_paths(self.out)[self.config.train.keep_checkpoints:]:
+            old.unlink(missing_ok=True)
+        if best:
+            ckpt.save_tensors(folder / "best.safetensors", tensors, meta)
+        return path
+
+    def _restore_latest(self) -> None:
+        """Load the newest checkpoint that verifies; a damaged newer one is skipped, loudly."""
+        for path in rundir.checkpoint_paths(self.out):
+            try:
+                tensors, meta = ckpt.load_tensors(path)
+            except VaelabError as exc:
+                self.log(f"WARNING: skipping damaged checkpoint: {exc}")
+                continue
+            self._load_state(tensors, meta)
+            self.log(f"resumed from {path.name} (epoch {self.epoch})")
+            return
+        raise VaelabError(f"{self.out} has no usable checkpoint to resume from")
+
+    # -- the loop ------------------------------------------------------------------------
+    def run(self) -> Path:
+        cfg = self.config
+        self.out.mkdir(parents=True, exist_ok=True)
+        with rundir.RunLock(self.out):
+            transform = None
+            if self.resume and cfg.data.transform == "pca":
+                transform = _saved_transform(self.out)
+            self._setup(transform)
+            if self.resume:
+                self._restore_latest()
+            if cfg.train.nan_policy == "rollback":
+                self.good_state = self._snapshot()
+            else:
+                cfg.save(self.out / rundir.CONFIG)
+                (self.out / rundir.METRICS).write_text("")
+                self.log(f"vaelab {__version__}: training on {self.device}, "
+                         f"{len(self.train_images)} train / {len(self.val_images)} val images of "
+                         f"{cfg.data.name}, event shape {self.data.event_shape}, "
+                         f"{sum(p.numel() for p in self.model.parameters()):,} parameters")
+                if cfg.data.transform == "pca":
+                    quality = self.data.transform.quality(self.data.val.numpy() if len(self.data.val) else self.data.train.numpy())
+                    self.log("PCA: " + ", ".join(f"{k}={v:.4g}" for k, v in quality.items()))
+            self._write_model_description()
+            previous = {signal.SIGINT: None, signal.SIGTERM: None}
+            for sig in previous:
+                try:
+                    previous[sig] = signal.signal(sig, self._on_signal)
+                except ValueError:  # not the main thread: no handlers
+                    previous.pop(sig)
+            try:
+                self._loop()
+            finally:
+                for sig, handler in previous.items():
+                    if handler is not None:
+                        signal.signal(sig, handler)
+            self._save_final()
+        return self.out
+
+    def _on_signal(self, signum, frame) -> None:
+        self.stop_requested = signal.Signals(signum).name
+
+    def _loop(self) -> None:
+        t = self.config.train
+        while self.epoch < t.epochs:
+            start = time.perf_counter()
+            row = self._train_epoch()
+            if row is None:  # interrupted mid-epoch: the last checkpoint stands
+                self.log(f"{self.stop_requested}: stopped in epoch {self.epoch + 1}; "
+                         f"resume with `vaelab train --resume {self.out}`")
+                raise KeyboardInterrupt
+            train_seconds = time.perf_counter() - start
+            row.update(self._validate())
+            self.epoch += 1
+            self.kl_schedule.end_epoch(row["train_recon"], t.min_delta)
+            monitored = -row["val_elbo"] if t.early_stopping != "train" else row["train_loss"]
+            if self.scheduler is not None:
+                if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                    self.scheduler.step(monitored)
+                else:
+                    self.scheduler.step()
+            row.update(epoch=self.epoch, images_per_s=row.pop("_images") / train_seconds,
+                       seconds=time.perf_counter() - start)
+            stop = t.early_stopping != "none" and self.stopper.update(monitored)
+            is_best = len(self.val_images) > 0 and row["val_elbo"] > self.best_val
+            if is_best:
+                self.best_val = row["val_elbo"]
+            with open(self.out / rundir.METRICS, "a") as f:
+                f.write(json.dumps(_finite_or_null(row)) + "\n")
+            self._log_epoch(row)
+            if self.epoch % t.checkpoint_every == 0 or stop or self.epoch == t.epochs or is_best:
+                self.save_checkpoint(best=is_best)
+            if t.nan_policy == "rollback":
+                self.good_state = self._snapshot()
+            if stop:
+                self.log(f"early stopping: no improvement of the monitored "
+                         f"{'training loss' if t.early_stopping == 'train' else 'validation loss'} "
+                         f"for {t.patience} epochs")
+                break
+            if self.stop_requested:
+                self.log(f"{self.stop_requested}: stopped after epoch {self.epoch}, checkpoint saved; "
+                         f"resume with `vaelab train --resume {self.out}`")
+                raise KeyboardInterrupt
+
+    def _train_epoch(self) -> dict | None:
+        t = self.config.train
+        model, opt, transform = self.model, self.optimizer, self.data.transform
+        model.train()
+        n = len(self.train_images)
+        order = torch.randperm(n, generator=self.data_gen, device=self.device)
+        sums = torch.zeros(3, device=self.device, dtype=torch.float64)
+        seen = 0
+        grad_norm_max = 0.0
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{t.epochs}",
+                       leave=False, dynamic_ncols=True, mininterval=0.5, file=self._log_stream,
+                       disable=None)  # no bar when the output is not a terminal
+        params = [p for p in model.parameters()]
+        for step in range(self.steps_per_epoch):
+            if self.stop_requested:
+                if bar:
+                    bar.close()
+                return None
+            idx = order[step * t.batch_size:(step + 1) * t.batch_size]
+            x = transform(self.train_images[idx], generator=self.data_gen)
+            beta = self.kl_schedule.beta_at(self.epoch + step / self.steps_per_epoch)
+            if t.objective == "iwae":
+                out = model.iwae_loss(x, t.iw_samples)
+            else:
+                out = model.loss(x, beta=beta, free_bits=t.free_bits)
+            opt.zero_grad(set_to_none=True)
+            if not torch.isfinite(out.loss):
+                if self._non_finite("loss", x, beta):
+                    continue
+            out.loss.backward()
+            if t.grad_clip > 0:
+                norm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
+            else:
+                norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+            if not torch.isfinite(norm):
+                if self._non_finite("gradient", x, beta):
+                    continue
+            opt.step()
+            size = x.shape[0]
+            seen += size
+            sums += torch.stack([out.loss.detach(), out.recon, out.kl]).double() * size
+            grad_norm_max = max(grad_norm_max, float(norm))
+            if bar is not None:
+                bar.update(1)
+                if step % 20 == 0:
+                    loss, recon, kl = (sums / max(seen, 1)).tolist()
+                    bar.set_postfix(loss=f"{loss:.2f}", recon=f"{recon:.2f}", kl=f"{kl:.2f}", refresh=False)
+        if bar is not None:
+            bar.close()
+        loss, recon, kl = (sums / max(seen, 1)).tolist()
+        return {"train_loss": loss, "train_recon": recon, "train_kl": kl,
+                "beta": self.kl_schedule.beta_at(self.epoch + 1 - 1e-9),
+                "lr": opt.param_groups[0]["lr"], "grad_norm_max": grad_norm_max,
+                "skipped_steps": self.skipped_steps, "nan_events": self.nan_events, "_images": seen}
+
+    # -- the NaN guard ---------------------------------------------------------------------
+    def _non_finite(self, what: str, x: torch.Tensor, beta: float) -> bool:
+        """Handle a non-finite loss or gradient; True means 'skip this batch and go on'."""
+        policy = self.config.train.nan_policy
+        self.nan_events += 1
+        diagnosis = self.diagnose(x, beta)
+        self.optimizer.zero_grad(set_to_none=True)
+        if policy == "skip":
+            self.skipped_steps += 1
+            self.log(f"WARNING: non-finite {what} in epoch {self.epoch + 1}; batch skipped ({diagnosis})")
+            return True
+        if policy == "rollback" and self.good_state is not None:
+            lr = self.optimizer.param_groups[0]["lr"]
+            tensors, meta = self.good_state
+            self._load_state(tensors, meta)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr * 0.5
+            self.log(f"WARNING: non-finite {what}; rolled back to the state after epoch {self.epoch} and "
+                     f"halved the learning rate to {lr * 0.5:.3g} ({diagnosis})")
+            return True
+        raise TrainingDiverged(
+            f"non-finite {what} in epoch {self.epoch + 1} ({diagnosis}); the last good checkpoint is kept. "
+            f"Usual fixes: a lower train.lr, train.grad_clip, a variance floor "
+            f"(model.variance=relu or softplus with model.variance_eps > 0), or train.nan_policy=skip")
+
+    @torch.no_grad()
+    def diagnose(self, x: torch.Tensor, beta: float) -> str:
+        """Which term went non-finite, the smallest decoder variance, the learning rate."""
+        model = self.model
+        parts = [f"lr {self.optimizer.param_groups[0]['lr']:.3g}"]
+        bad_weights = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
+        if bad_weights:
+            parts.append(f"non-finite weights in {bad_weights[0]}")
+        q = model.encode(x)
+        if not (torch.isfinite(q.mean).all() and torch.isfinite(q.logvar).all()):
+            parts.append("encoder output non-finite")
+        params = model.decode(q.mean)
+        variance = model.likelihood.variance(params)
+        if variance is not None:
+            parts.append(f"smallest decoder variance {float(variance.min()):.3g}")
+        recon = -model.likelihood.log_prob(params, x)
+        kl = q.kl_per_dim().sum(-1)
+        terms = [name for name, v in (("reconstruction", recon), ("KL", kl)) if not torch.isfinite(v).all()]
+        parts.insert(0, "non-finite term: " + (", ".join(terms) if terms else "none at the posterior mean (gradient overflow)"))
+        return "; ".join(parts)
+
+    # -- validation ------------------------------------------------------------------------
+    @torch.no_grad()
+    def _validate(self) -> dict:
+        if len(self.val_images) == 0:
+            return {"val_elbo": float("nan")}
+        model, transform = self.model, self.data.transform
+        model.eval()
+        gen = torch.Generator(device=self.device).manual_seed(VAL_NOISE_SEED)
+        totals = {"elbo": 0.0, "recon": 0.0, "kl": 0.0}
+        means, stds, kl_dims = [], [], torch.zeros(model.latent_dim, device=self.device, dtype=torch.float64)
+        batch = 1000
+        for i, start in enumerate(range(0, len(self.val_images), batch)):
+            x = transform.fixed(self.val_images[start:start + batch], seed=SPLIT_SEED + i)
+            q = model.encode(x)
+            params = model.decode(q.rsample(gen))
+            recon = -model.likelihood.log_prob(params, x)
+            kl = q.kl_per_dim()
+            totals["elbo"] += float((-(recon + kl.sum(-1))).sum())
+            totals["recon"] += float(recon.sum())
+            totals["kl"] += float(kl.sum())
+            kl_dims += kl.sum(0).double()
+            means.append(q.mean)
+            stds.append(q.std)
+        n = len(self.val_images)
+        mean, std = torch.cat(means), torch.cat(stds)
+        active = int((mean.var(0) > 0.01).sum()) if n > 1 else 0
+        row = {f"val_{k}": v / n for k, v in totals.items()}
+        row.update(active_units=active, kl_per_dim=(kl_dims / n).tolist())
+        if self.config.train.log_latent_stats:
+            fixed_mean, fixed_std = mean[:256], std[:256]
+            row.update(latent_mean_min=float(fixed_mean.min()), latent_mean_max=float(fixed_mean.max()),
+                       latent_mean_mean=float(fixed_mean.mean()), latent_std_min=float(fixed_std.min()),
+                       latent_std_max=float(fixed_std.max()), latent_std_mean=float(fixed_std.mean()))
+        return row
+
+    def _log_epoch(self, row: dict) -> None:
+        self.log(f"epoch {row['epoch']}: loss {row['train_loss']:.3f} (recon {row['train_recon']:.3f}, "
+                 f"KL {row['train_kl']:.3f}, beta {row['beta']:.3g}) val ELBO {row['val_elbo']:.3f} nats/image, "
+                 f"{row.get('active_units', 0)} active units, {row['images_per_s']:.0f} img/s")
+        warning = collapse_warning(row, self.config.train)
+        if warning:
+            self.log("WARNING: " + warning)
+
+    # -- outputs -------------------------------------------------------------------------------
+    def _write_model_description(self) -> None:
+        description = {
+            "format": "vaelab-model-1", "vaelab": __version__, "torch": torch.__version__,
+            "dataset": self.config.data.name, "transform": self.data.transform.name,
+            "image_shape": list(self.data.image_shape), "event_shape": list(self.data.event_shape),
+            "latent_dim": self.config.model.latent_dim, "likelihood": self.config.model.likelihood,
+            "variance": self.config.model.variance, "encoder": self.config.model.encoder,
+            "decoder": self.config.model.decoder,
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "weights": rundir.WEIGHTS,
+        }
+        (self.out / rundir.MODEL_JSON).write_text(json.dumps(description, indent=2) + "\n")
+
+    def _save_final(self) -> None:
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        tensors.update(self.data.transform.state())
+        ckpt.save_tensors(self.out / rundir.WEIGHTS, tensors, {"epoch": self.epoch, "vaelab": __version__})
+        self.log(f"done: {self.epoch} epochs; weights in {self.out / rundir.WEIGHTS}")
+
+
+def _finite_or_null(row: dict) -> dict:
+    """Strict JSON: NaN and infinities become null."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
+
+
+def collapse_warning(row: dict, t) -> str | None:
+    """Posterior collapse, said plainly: the KL is near zero and (almost) no unit is active."""
+    if row.get("beta", 1.0) == 0 or t.objective == "iwae":
+        return None
+    kl = row.get("val_kl", row.get("train_kl"))
+    if kl is not None and kl < 0.5 and row.get("active_units", 1) == 0:
+        return (f"posterior collapse: KL {kl:.3f} nats/image and no active units at epoch {row['epoch']}; "
+                f"the decoder ignores z. Try KL annealing (train.kl_schedule=linear), free bits, "
+                f"or a smaller decoder")
+    return None
+
+
+def _saved_transform(run_dir: Path):
+    from ..pca import PCATransform
+
+    for path in [run_dir / rundir.WEIGHTS, *rundir.checkpoint_paths(run_dir)]:
+        if path.exists():
+            tensors, _ = ckpt.load_tensors(path)
+            if "pca.components" in tensors:
+                return PCATransform.from_state(tensors)
+    raise VaelabError(f"{run_dir} has no saved PCA to resume with")
+
+
+def train(config: Config, out: str | Path, resume: bool = False, overwrite: bool = False,
+          progress: bool = True) -> Path:
+    """Train a VAE into the run directory ``out``; returns its path."""
+    out = Path(out)
+    if resume:
+        if not (out / rundir.CONFIG).exists():
+            raise VaelabError(f"cannot resume: {out} is not a vaelab run directory (no {rundir.CONFIG})")
+    elif out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise VaelabError(f"{out} already exists and is not empty: pass --overwrite to replace it, "
+                              f"--resume to continue it, or choose another --out")
+        _clear_run_dir(out)
+    config.validate()
+    return Trainer(config, out, resume=resume, progress=progress).run()
+
+
+def _clear_run_dir(out: Path) -> None:
+    """--overwrite: remove what a previous run wrote, only if it looks like a run directory."""
+    import shutil
+
+    if not (out / rundir.CONFIG).exists():
+        raise VaelabError(f"{out} is not empty and is not a vaelab run directory: refusing to overwrite it")
+    with rundir.RunLock(out):
+        for child in out.iterdir():
+            if child.name == rundir.LOCK:
+                continue
+            if child.is_dir():
+                shutil.rmtree(child)
+            else:
+                child.unlink()

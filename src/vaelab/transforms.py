@@ -1,0 +1,83 @@
+"""From uint8 images to the model's data space, and back to images for display.
+
+Images stay uint8 (N, C, H, W) in memory; each batch is converted on the fly here.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .errors import VaelabError
+
+
+class Transform:
+    """Base: model space = pixel values scaled to [0, 1]."""
+
+    name = "scale"
+    #: the map is 8-bit pixels -> x = u / 255, so log-densities convert to pixel units
+    #: with + D * log(255) (bits/dim); None where the data are not 8-bit pixels
+    pixel_log_jacobian: float | None = math.log(255.0)
+
+    def prepare(self, images: np.ndarray, seed: int) -> np.ndarray:
+        """A one-off change to the stored uint8 images (static binarization); default none."""
+        return images
+
+    def event_shape(self, image_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(image_shape)
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """A training batch: uint8 (B, C, H, W) -> float, possibly random (dynamic binarization)."""
+        return images.float().div_(255.0)
+
+    def fixed(self, images: torch.Tensor, seed: int = 0) -> torch.Tensor:
+        """The deterministic version used for validation and evaluation."""
+        return self(images)
+
+    def to_images(self, x: torch.Tensor) -> torch.Tensor:
+        """Model-space tensor -> float images in [0, 1], (B, C, H, W)."""
+        return x.clamp(0.0, 1.0)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {}
+
+
+class DynamicBinarize(Transform):
+    """A fresh Bernoulli draw per batch with p = u / 255 (Salakhutdinov & Murray)."""
+
+    name = "binarize-dynamic"
+    pixel_log_jacobian = None  # binary data: nats per image, no bits/dim of 8-bit pixels
+
+    def __call__(self, images, generator=None):
+        return torch.bernoulli(images.float().div_(255.0), generator=generator)
+
+    def fixed(self, images, seed=0):
+        # one draw with a fixed seed, independent of training, so evaluations compare
+        generator = torch.Generator(device=images.device).manual_seed(seed)
+        return torch.bernoulli(images.float().div_(255.0), generator=generator)
+
+
+class StaticBinarize(Transform):
+    """One fixed, seeded draw of the whole dataset, stored as 0/255 and reused every epoch."""
+
+    name = "binarize-static"
+    pixel_log_jacobian = None
+
+    def prepare(self, images: np.ndarray, seed: int) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        draw = rng.random(images.shape, dtype=np.float32) < images / np.float32(255.0)
+        return draw.astype(np.uint8) * np.uint8(255)
+
+
+def make_transform(name: str) -> Transform:
+    if name == "scale":
+        return Transform()
+    if name == "binarize-dynamic":
+        return DynamicBinarize()
+    if name == "binarize-static":
+        return StaticBinarize()
+    if name == "pca":
+        raise VaelabError("the pca transform is fitted on data: use vaelab.pca.fit_pca")
+    raise VaelabError(f"unknown data.transform {name!r}")

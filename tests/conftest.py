@@ -1,0 +1,29 @@
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path | None:
+    """../shared/data beside the checkout (or $VAELAB_SHARED_DATA), when present."""
+    candidates = [os.environ.get("VAELAB_SHARED_DATA"), REPO.parent / "shared" / "data"]
+    for c in candidates:
+        if c and (Path(c) / "mnist").is_dir():
+            return Path(c)
+    return None
+
+
+@pytest.fixture
+def shared_data():
+    path = shared_data_dir()
+    if path is None:
+        pytest.skip("../shared/data is not present")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    # never touch the user's cache folder from a test
+    monkeypatch.setenv("VAELAB_DATA", str(tmp_path / "vaelab-data"))
