@@ -15,6 +15,9 @@ from .errors import VaelabError
 
 EXIT_BAD_INPUT = 2
 
+#: modules that add subcommands: each has register(subparsers), whose parsers set func
+COMMAND_MODULES: tuple[str, ...] = ()
+
 
 def _config_from_args(args) -> "Config":
     from .config import Config
@@ -268,6 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset")
     p.add_argument("--set", action="append", metavar="KEY=VALUE")
     p.set_defaults(func=cmd_config)
+
+    import importlib
+
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(sub)
     return parser
 
 

@@ -51,8 +51,11 @@ def make_optimizer(model: torch.nn.Module, t, device: torch.device) -> torch.opt
 
 class Trainer:
     def __init__(self, config: Config, out: str | Path, resume: bool = False,
-                 progress: bool = True, log=None):
+                 progress: bool = True, log=None, callbacks: list | None = None):
         self.config = config
+        # objects with optional on_train_start(trainer), on_epoch_end(trainer, row),
+        # on_train_end(trainer): figures, TensorBoard and the like hook in here
+        self.callbacks = list(callbacks or [])
         self.out = Path(out)
         self.resume = resume
         self.progress = progress
@@ -189,6 +192,7 @@ class Trainer:
                     quality = self.data.transform.quality(self.data.val.numpy() if len(self.data.val) else self.data.train.numpy())
                     self.log("PCA: " + ", ".join(f"{k}={v:.4g}" for k, v in quality.items()))
             self._write_model_description()
+            self._callback("on_train_start")
             previous = {signal.SIGINT: None, signal.SIGTERM: None}
             for sig in previous:
                 try:
@@ -202,7 +206,14 @@ class Trainer:
                     if handler is not None:
                         signal.signal(sig, handler)
             self._save_final()
+            self._callback("on_train_end")
         return self.out
+
+    def _callback(self, event: str, *args) -> None:
+        for callback in self.callbacks:
+            handler = getattr(callback, event, None)
+            if handler is not None:
+                handler(self, *args)
 
     def _on_signal(self, signum, frame) -> None:
         self.stop_requested = signal.Signals(signum).name
@@ -235,6 +246,7 @@ class Trainer:
             with open(self.out / rundir.METRICS, "a") as f:
                 f.write(json.dumps(_finite_or_null(row)) + "\n")
             self._log_epoch(row)
+            self._callback("on_epoch_end", row)
             if self.epoch % t.checkpoint_every == 0 or stop or self.epoch == t.epochs or is_best:
                 self.save_checkpoint(best=is_best)
             if t.nan_policy == "rollback":
@@ -446,8 +458,20 @@ def _saved_transform(run_dir: Path):
     raise VaelabError(f"{run_dir} has no saved PCA to resume with")
 
 
+def default_callbacks(config: Config) -> list:
+    """The callbacks a config asks for (progress grids, TensorBoard, ...)."""
+    callbacks = []
+    for factory in CALLBACK_FACTORIES:
+        callbacks.extend(factory(config))
+    return callbacks
+
+
+#: functions config -> list of callbacks; modules that add training-time outputs register here
+CALLBACK_FACTORIES: list = []
+
+
 def train(config: Config, out: str | Path, resume: bool = False, overwrite: bool = False,
-          progress: bool = True) -> Path:
+          progress: bool = True, callbacks: list | None = None) -> Path:
     """Train a VAE into the run directory ``out``; returns its path."""
     out = Path(out)
     if resume:
@@ -459,7 +483,9 @@ def train(config: Config, out: str | Path, resume: bool = False, overwrite: bool
                               f"--resume to continue it, or choose another --out")
         _clear_run_dir(out)
     config.validate()
-    return Trainer(config, out, resume=resume, progress=progress).run()
+    if callbacks is None:
+        callbacks = default_callbacks(config)
+    return Trainer(config, out, resume=resume, progress=progress, callbacks=callbacks).run()
 
 
 def _clear_run_dir(out: Path) -> None:
