@@ -5,6 +5,11 @@ __version__ = "0.1.0"
 from .config import Config  # noqa: E402
 from .errors import VaelabError  # noqa: E402
 
+# Import the vaelab.train subpackage now, so the function below is what the name
+# `vaelab.train` keeps: a later `import vaelab.train.x` finds the subpackage in sys.modules
+# and does not rebind the attribute.
+from . import train as _train_package  # noqa: E402,F401
+
 
 def load_dataset(name, split="train", data_dir=None, download=False, **kwargs):
     """A dataset split as uint8 images (N, C, H, W) and int labels; see vaelab.data."""
