@@ -8,6 +8,7 @@ step that is not the model's own arithmetic.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import signal
@@ -31,6 +32,13 @@ VAL_NOISE_SEED = 1234  # validation uses its own generator: it never moves train
 
 class TrainingDiverged(VaelabError):
     """The loss or a gradient became non-finite and the NaN policy is 'raise'."""
+
+
+class _RolledBack(Exception):
+    """The rollback policy restored the last good state: the epoch starts again."""
+
+
+MAX_ROLLBACKS = 10  # consecutive rollbacks (the lr halved each time) before giving up
 
 
 def resolve_device(name: str) -> torch.device:
@@ -99,11 +107,13 @@ class Trainer:
         self.skipped_steps = 0
         self.nan_events = 0
         self.good_state = None  # in-memory copy for the rollback policy
+        self.rollbacks = 0  # consecutive rollbacks without a completed epoch
+        self._partial = None  # where an interrupted epoch stands (order, step, partial sums)
         n = len(self.train_images)
         self.steps_per_epoch = n // t.batch_size + (1 if n % t.batch_size > 1 else 0)
 
     # -- checkpoint state ----------------------------------------------------------------
-    def _state(self) -> tuple[dict, dict]:
+    def _state(self, partial: dict | None = None) -> tuple[dict, dict]:
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         opt_tensors, opt_meta = ckpt.flatten_optimizer(self.optimizer.state_dict())
         tensors.update(opt_tensors)
@@ -119,6 +129,9 @@ class Trainer:
             "skipped_steps": self.skipped_steps, "nan_events": self.nan_events,
             "vaelab": __version__, "torch": torch.__version__,
         }
+        if partial is not None:  # written mid-epoch: the epoch's order and partial sums
+            tensors["epoch.order"], tensors["epoch.sums"] = partial["order"], partial["sums"]
+            meta["partial"] = {k: partial[k] for k in ("step", "seen", "grad_norm_max")}
         return tensors, meta
 
     def _snapshot(self) -> tuple[dict, dict]:
@@ -142,12 +155,15 @@ class Trainer:
         self.best_val = meta["best_val"]
         self.skipped_steps = meta.get("skipped_steps", 0)
         self.nan_events = meta.get("nan_events", 0)
+        partial = meta.get("partial")
+        self._partial = None if partial is None else dict(
+            partial, order=tensors["epoch.order"].to(self.device), sums=tensors["epoch.sums"].to(self.device))
 
-    def save_checkpoint(self, best: bool = False) -> Path:
+    def save_checkpoint(self, best: bool = False, partial: dict | None = None) -> Path:
         folder = self.out / rundir.CHECKPOINTS
         folder.mkdir(exist_ok=True)
-        tensors, meta = self._state()
-        path = folder / f"last-{self.epoch:06d}.safetensors"
+        tensors, meta = self._state(partial)
+        path = folder / rundir.checkpoint_name(self.epoch, partial["step"] if partial else 0)
         ckpt.save_tensors(path, tensors, meta)
         for old in rundir.checkpoint_paths(self.out)[self.config.train.keep_checkpoints:]:
             old.unlink(missing_ok=True)
@@ -156,31 +172,50 @@ class Trainer:
         return path
 
     def _restore_latest(self) -> None:
-        """Load the newest checkpoint that verifies; a damaged newer one is skipped, loudly."""
+        """Load the newest checkpoint that verifies; a damaged newer one is set aside, loudly.
+
+        Then metrics.jsonl is cut back to the epochs that checkpoint covers, so each later
+        epoch gets exactly one row, and temporary files of a killed writer are removed.
+        """
+        rundir.remove_stale_temp_files(self.out)
         for path in rundir.checkpoint_paths(self.out):
             try:
                 tensors, meta = ckpt.load_tensors(path)
             except VaelabError as exc:
-                self.log(f"WARNING: skipping damaged checkpoint: {exc}")
+                self.log(f"WARNING: skipping damaged checkpoint: {exc}; "
+                         f"renamed to {rundir.set_aside(path).name}")
                 continue
-            self._load_state(tensors, meta)
-            self.log(f"resumed from {path.name} (epoch {self.epoch})")
+            try:
+                self._load_state(tensors, meta)
+            except (RuntimeError, KeyError, ValueError) as exc:
+                raise VaelabError(f"{path} does not match this run's config ({str(exc).splitlines()[0]}); "
+                                  f"resume with the config the run was started with") from None
+            dropped = rundir.truncate_metrics(self.out, self.epoch)
+            where = f", step {self._partial['step']} of epoch {self.epoch + 1}" if self._partial else ""
+            self.log(f"resumed from {path.name} (epoch {self.epoch}{where})"
+                     + (f"; dropped {dropped} metrics rows written after it" if dropped else ""))
             return
         raise VaelabError(f"{self.out} has no usable checkpoint to resume from")
 
     # -- the loop ------------------------------------------------------------------------
     def run(self) -> Path:
         cfg = self.config
+        created = not self.out.exists()
         self.out.mkdir(parents=True, exist_ok=True)
         with rundir.RunLock(self.out):
             transform = None
-            if self.resume and cfg.data.transform == "pca":
-                transform = _saved_transform(self.out)
-            self._setup(transform)
+            try:
+                if self.resume and cfg.data.transform == "pca":
+                    transform = _saved_transform(self.out)
+                self._setup(transform)
+            except BaseException:
+                if created:  # bad data or settings: leave no half-made run directory behind
+                    import shutil
+
+                    shutil.rmtree(self.out, ignore_errors=True)
+                raise
             if self.resume:
                 self._restore_latest()
-            if cfg.train.nan_policy == "rollback":
-                self.good_state = self._snapshot()
             else:
                 cfg.save(self.out / rundir.CONFIG)
                 (self.out / rundir.METRICS).write_text("")
@@ -191,6 +226,8 @@ class Trainer:
                 if cfg.data.transform == "pca":
                     quality = self.data.transform.quality(self.data.val.numpy() if len(self.data.val) else self.data.train.numpy())
                     self.log("PCA: " + ", ".join(f"{k}={v:.4g}" for k, v in quality.items()))
+            if cfg.train.nan_policy == "rollback":
+                self.good_state = self._snapshot()
             self._write_model_description()
             self._callback("on_train_start")
             previous = {signal.SIGINT: None, signal.SIGTERM: None}
@@ -222,11 +259,17 @@ class Trainer:
         t = self.config.train
         while self.epoch < t.epochs:
             start = time.perf_counter()
-            row = self._train_epoch()
-            if row is None:  # interrupted mid-epoch: the last checkpoint stands
-                self.log(f"{self.stop_requested}: stopped in epoch {self.epoch + 1}; "
+            try:
+                row = self._train_epoch()
+            except _RolledBack:  # the last good state is back, at a lower lr: redo the epoch
+                continue
+            if row is None:  # interrupted mid-epoch: save where the epoch stands, then stop
+                path = self.save_checkpoint(partial=self._partial)
+                self.log(f"{self.stop_requested}: stopped at step {self._partial['step']} of epoch "
+                         f"{self.epoch + 1}, checkpoint {path.name} saved; "
                          f"resume with `vaelab train --resume {self.out}`")
                 raise KeyboardInterrupt
+            self.rollbacks = 0
             train_seconds = time.perf_counter() - start
             row.update(self._validate())
             self.epoch += 1
