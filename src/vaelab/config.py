@@ -93,8 +93,9 @@ class TrainConfig:
     checkpoint_every: int = 1  # epochs
     keep_checkpoints: int = 3
     nan_policy: str = "raise"
-    eval_iw_samples: int = 0  # IW-NLL on validation at the end of training (0: off)
     log_latent_stats: bool = True  # per-epoch spread of posterior means / stds on a fixed batch
+    sample_every: int = 0  # epochs between fixed-noise sample grids in RUN_DIR/progress/ (0: off)
+    tensorboard: bool = False  # TensorBoard scalars and image grids in RUN_DIR/tensorboard/
 
 
 @dataclass
@@ -199,7 +200,7 @@ class Config:
         _at_least("train.checkpoint_every", t.checkpoint_every, 1)
         _at_least("train.keep_checkpoints", t.keep_checkpoints, 1)
         _choice("train.nan_policy", t.nan_policy, NAN_POLICIES)
-        _at_least("train.eval_iw_samples", t.eval_iw_samples, 0)
+        _at_least("train.sample_every", t.sample_every, 0)
         if t.device not in ("auto", "cpu") and not t.device.startswith(("cuda", "mps")):
             raise VaelabError(f"train.device must be auto, cpu, cuda or cuda:N, got {t.device!r}")
         # the likelihood module validates its own names and values
