@@ -5,14 +5,21 @@
       model.json           what the weights are: shapes, dataset, transform, versions
       model.safetensors    final weights (+ a fitted PCA), written when training ends
       metrics.jsonl        one JSON object per epoch
-      checkpoints/         last-NNNNNN.safetensors (the newest N kept), best.safetensors
+      checkpoints/         last-EEEEEE.safetensors after E epochs (the newest N kept),
+                           last-EEEEEE-sSSSSSS.safetensors S steps into epoch E + 1 (written
+                           on SIGINT / SIGTERM), best.safetensors
       train.log            the log, including diagnostics
+
+Every file is replaced atomically (temporary file, fsync, rename), so a kill at any moment
+leaves the old version or the new one, never a torn one.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 from pathlib import Path
 
 from .errors import VaelabError
@@ -24,31 +31,147 @@ METRICS = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
 LOG = "train.log"
 LOCK = ".lock"
+DAMAGED_SUFFIX = ".damaged"
 
+_CHECKPOINT_NAME = re.compile(r"last-(\d{6,})(?:-s(\d{7,}))?\.safetensors")
+_TEMP_NAME = re.compile(r"\..+\.tmp-\d+")
+
+
+# -- atomic writes ---------------------------------------------------------------------------
+
+def write_error(path: Path, exc: OSError) -> VaelabError:
+    reason = exc.strerror or str(exc)
+    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+        fix = "the disk is full: free some space, then resume with `vaelab train --resume RUN_DIR`"
+    elif exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        fix = "the folder is not writable: choose a writable --out"
+    else:
+        fix = "check the output folder"
+    return VaelabError(f"cannot write {path}: {reason} ({fix})")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside ``path``, fsync, then rename over it.
+
+    A crash leaves either the old file or the new one, never a torn one. Disk-full and
+    permission errors become a VaelabError; the old file is untouched and no temporary
+    file is left behind.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:  # also KeyboardInterrupt: never leave a temp file behind
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        if isinstance(exc, OSError):
+            raise write_error(path, exc) from None
+        raise
+    try:  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def remove_stale_temp_files(run_dir: Path) -> list[Path]:
+    """Temporary files a killed writer left behind; call only while holding the RunLock."""
+    removed = []
+    for folder in (Path(run_dir), Path(run_dir) / CHECKPOINTS):
+        if not folder.is_dir():
+            continue
+        for path in folder.iterdir():
+            if _TEMP_NAME.fullmatch(path.name) and path.is_file():
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
+
+
+# -- metrics -----------------------------------------------------------------------------------
 
 def read_metrics(run_dir: Path) -> list[dict]:
     path = Path(run_dir) / METRICS
     if not path.exists():
         return []
     rows = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(errors="replace").splitlines():
         line = line.strip()
         if line:
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError:  # a line torn by a kill: the rest still counts
                 continue
+            if isinstance(row, dict):
+                rows.append(row)
     return rows
 
 
-def checkpoint_paths(run_dir: Path) -> list[Path]:
-    """The rolling checkpoints, newest first."""
-    folder = Path(run_dir) / CHECKPOINTS
-    return sorted(folder.glob("last-*.safetensors"), reverse=True) if folder.is_dir() else []
+def truncate_metrics(run_dir: Path, epoch: int) -> int:
+    """Keep only whole rows of epochs 1..``epoch`` (those a checkpoint covers); returns how
+    many rows were dropped. A resumed run then appends each later epoch exactly once."""
+    path = Path(run_dir) / METRICS
+    if not path.exists():
+        return 0
+    lines = path.read_text(errors="replace").splitlines()
+    kept = []
+    for row in read_metrics(run_dir):
+        if isinstance(row.get("epoch"), int) and row["epoch"] <= epoch:
+            kept.append(json.dumps(row) + "\n")
+    dropped = sum(1 for line in lines if line.strip()) - len(kept)
+    if dropped:
+        atomic_write_bytes(path, "".join(kept).encode())
+    return dropped
 
+
+# -- checkpoints -------------------------------------------------------------------------------
+
+def checkpoint_name(epoch: int, step: int = 0) -> str:
+    """``last-EEEEEE`` after ``epoch`` whole epochs, plus ``-sSSSSSSS`` when ``step`` steps of
+    the next epoch are done too (a checkpoint written mid-epoch)."""
+    return f"last-{epoch:06d}" + (f"-s{step:07d}" if step else "") + ".safetensors"
+
+
+def checkpoint_position(path: Path) -> tuple[int, int] | None:
+    """(epochs done, steps into the next epoch) from a checkpoint's name; None if not one."""
+    match = _CHECKPOINT_NAME.fullmatch(Path(path).name)
+    if not match:
+        return None
+    return int(match.group(1)), int(match.group(2) or 0)
+
+
+def checkpoint_paths(run_dir: Path) -> list[Path]:
+    """The rolling checkpoints, newest first (by position in training, not by file time)."""
+    folder = Path(run_dir) / CHECKPOINTS
+    if not folder.is_dir():
+        return []
+    found = [(checkpoint_position(p), p) for p in folder.glob("last-*.safetensors")]
+    return [p for position, p in sorted((x for x in found if x[0] is not None), reverse=True)]
+
+
+def set_aside(path: Path) -> Path:
+    """Rename a damaged checkpoint so it no longer counts (kept for inspection)."""
+    target = Path(path).with_name(Path(path).name + DAMAGED_SUFFIX)
+    os.replace(path, target)
+    return target
+
+
+# -- the lock ----------------------------------------------------------------------------------
 
 class RunLock:
-    """An exclusive lock on a run directory, so two processes never write to one run."""
+    """An exclusive lock on a run directory, so two processes never write to one run.
+
+    fcntl.flock: the kernel drops the lock when its holder exits, however it exits (even
+    SIGKILL), so a stale lock file never blocks a resume.
+    """
 
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / LOCK
@@ -59,7 +182,10 @@ class RunLock:
             import fcntl
         except ImportError:  # not POSIX: no lock, as before
             return self
-        self.handle = open(self.path, "a+")
+        try:
+            self.handle = open(self.path, "a+")
+        except OSError as exc:
+            raise write_error(self.path, exc) from None
         try:
             fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -67,7 +193,8 @@ class RunLock:
             owner = self.handle.read().strip() or "another process"
             self.handle.close()
             self.handle = None
-            raise VaelabError(f"{self.path.parent} is in use by {owner}: wait for it to finish, or use another --out") from None
+            raise VaelabError(f"{self.path.parent} is in use by {owner}: two runs cannot write to one "
+                              f"directory; wait for it to finish, or use another --out") from None
         self.handle.seek(0)
         self.handle.truncate()
         self.handle.write(f"vaelab pid {os.getpid()}")

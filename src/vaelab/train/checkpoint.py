@@ -1,14 +1,15 @@
 """Checkpoints as safetensors files: tensors plus JSON metadata, checksummed, written atomically.
 
-Nothing here unpickles: a file that is not a valid, untampered vaelab checkpoint is refused
-with a clear error instead of being executed or half-read.
+Nothing here unpickles: a file that is not a valid, untampered vaelab checkpoint (a torch
+pickle, a truncated download, a flipped byte) is refused with a clear error instead of
+being executed or half-read. The sha256 digest covers every tensor's name, dtype, shape
+and bytes, and the JSON metadata.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -16,54 +17,39 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from ..errors import VaelabError
+from ..rundir import atomic_write_bytes  # noqa: F401  (re-exported: the one atomic writer)
 
-FORMAT = "vaelab-checkpoint-1"
+FORMAT = "vaelab-checkpoint-2"
+FORMAT_V1 = "vaelab-checkpoint-1"  # digest over the tensors only; still read
 
 
-def _digest(tensors: dict[str, torch.Tensor]) -> str:
+def _digest(tensors: dict[str, torch.Tensor], meta_text: str | None = None) -> str:
     h = hashlib.sha256()
     for key in sorted(tensors):
         t = tensors[key].detach().contiguous().cpu()
         h.update(key.encode())
         h.update(str(t.dtype).encode() + str(tuple(t.shape)).encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    if meta_text is not None:
+        h.update(b"\0meta\0" + meta_text.encode())
     return h.hexdigest()
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside ``path``, fsync, then rename over it.
-
-    A crash leaves either the old file or the new one, never a torn one. Disk-full and
-    permission errors become a VaelabError and leave the old file untouched.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        try:  # make the rename itself durable
-            fd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except OSError:
-            pass
-    except OSError as exc:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise VaelabError(f"cannot write {path}: {exc.strerror or exc} (free some space or choose a writable --out)") from None
-
-
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    """Write ``tensors`` and the JSON-able ``meta`` to ``path`` atomically, with a digest."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    metadata = {"format": FORMAT, "meta": json.dumps(meta), "sha256": _digest(tensors)}
+    meta_text = json.dumps(meta)
+    metadata = {"format": FORMAT, "meta": meta_text, "sha256": _digest(tensors, meta_text)}
     atomic_write_bytes(Path(path), st_save(tensors, metadata=metadata))
+
+
+def _what_it_is(raw: bytes) -> str:
+    """A short guess at what a refused file is, for the error message."""
+    if raw[:2] == b"PK":
+        return "a zip archive (torch.save writes these: they hold a pickle, which vaelab never loads)"
+    if raw[:1] == b"\x80":  # the PROTO opcode that starts every pickle since protocol 2
+        return "it looks like a pickle, which vaelab never loads (it can run code)"
+    return "truncated, or not a safetensors file"
 
 
 def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -74,19 +60,27 @@ def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     except OSError as exc:
         raise VaelabError(f"cannot read {path}: {exc.strerror or exc}") from None
     try:
+        # safetensors checks that the header's offsets cover the file exactly, so a
+        # truncated or padded file fails here; it never unpickles anything
         tensors = st_load(raw)
         header_len = int.from_bytes(raw[:8], "little")
-        metadata = json.loads(raw[8:8 + header_len]).get("__metadata__", {})
+        metadata = json.loads(raw[8:8 + header_len]).get("__metadata__") or {}
     except Exception:
-        raise VaelabError(f"{path} is not a readable vaelab checkpoint (truncated or not safetensors)") from None
-    if metadata.get("format") != FORMAT:
+        raise VaelabError(f"{path} is not a readable vaelab checkpoint: {_what_it_is(raw)}") from None
+    fmt = metadata.get("format")
+    if fmt not in (FORMAT, FORMAT_V1):
         raise VaelabError(f"{path} is not a vaelab checkpoint (no '{FORMAT}' tag)")
-    if metadata.get("sha256") != _digest(tensors):
-        raise VaelabError(f"{path} failed its checksum: the file was changed or damaged after it was written")
+    meta_text = metadata.get("meta")
+    expected = _digest(tensors, meta_text if fmt == FORMAT else None)
+    if meta_text is None or metadata.get("sha256") != expected:
+        raise VaelabError(f"{path} failed its checksum: the file was changed or damaged after it "
+                          f"was written; it is not used")
     try:
-        meta = json.loads(metadata["meta"])
-    except (KeyError, json.JSONDecodeError):
+        meta = json.loads(meta_text)
+    except json.JSONDecodeError:
         raise VaelabError(f"{path} has unreadable metadata") from None
+    if not isinstance(meta, dict):
+        raise VaelabError(f"{path} has unreadable metadata")
     return tensors, meta
 
 

@@ -1,0 +1,209 @@
+"""Run the fault-injection tests and print docs/faults.md's table of faults and outcomes.
+
+    python scripts/fault_table.py            # vaelab's own fault tests (about a minute)
+    python scripts/fault_table.py --data     # also the data readers' tests (downloads, tar, fuzz)
+
+Every row names the tests that inject its fault; the Result column is measured in this run
+(how many of those tests passed), and the counts in the Fault column (kills, byte changes,
+fuzz inputs) come from the tests themselves or from their constants.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import xml.etree.ElementTree as ET
+from collections import Counter
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TESTS = REPO / "tests"
+
+OWN = ["test_resume.py", "test_nan_guard.py", "test_checkpoint_safety.py", "test_run_lock.py",
+       "test_config_fuzz.py"]
+DATA = ["test_data_download.py", "test_data_cifar.py", "test_data_idx.py", "test_data_fuzz.py"]
+
+# (fault injected, outcome required, tests: "file::name prefix")
+ROWS = [
+    ("SIGKILL inside a training step, epoch 2 (subprocess)",
+     "resumes from last-000001; final weights bit-identical to an uninterrupted run",
+     ["test_resume.py::test_sigkill_at_chosen_moment_resumes_exactly[mid-epoch-2]"]),
+    ("SIGKILL inside a step of epoch 1, before any checkpoint",
+     "resume refused: 'no usable checkpoint to resume from'",
+     ["test_resume.py::test_sigkill_at_chosen_moment_resumes_exactly[mid-epoch-1]"]),
+    ("SIGKILL after epoch 2's metrics row, before its checkpoint",
+     "row 2 dropped on resume, rewritten once; bit-identical weights",
+     ["test_resume.py::test_sigkill_at_chosen_moment_resumes_exactly[after-metrics-row-2]"]),
+    ("SIGKILL halfway through writing epoch 3's metrics row (torn line)",
+     "torn line dropped on resume; every row whole, epochs 1..4 once each",
+     ["test_resume.py::test_sigkill_at_chosen_moment_resumes_exactly[torn-metrics-row-3]"]),
+    ("SIGKILL halfway through writing checkpoint 2's temporary file",
+     "last-000001 intact and used; stale temp file removed; bit-identical",
+     ["test_resume.py::test_sigkill_at_chosen_moment_resumes_exactly[checkpoint-write-2]"]),
+    ("SIGKILL right after checkpoint 2 is renamed into place",
+     "resumes from last-000002; bit-identical",
+     ["test_resume.py::test_sigkill_at_chosen_moment_resumes_exactly[after-checkpoint-2]"]),
+    ("SIGKILL halfway through writing model.safetensors",
+     "resume writes the final weights; bit-identical",
+     ["test_resume.py::test_sigkill_at_chosen_moment_resumes_exactly[final-weights-write]"]),
+    ("SIGKILL at {random_kills} random moments of a run (one per slice of its duration); landed: {random_states}",
+     "each resumes bit-identically, or (before the first checkpoint) resume is refused clearly",
+     ["test_resume.py::test_sigkill_at_random_moments_resumes_exactly"]),
+    ("SIGTERM / SIGINT in-process at step 1, mid-epoch 2, last step of epoch 3",
+     "mid-epoch checkpoint (order, step, partial sums, RNG) saved; resume bit-identical",
+     ["test_resume.py::test_signal_mid_epoch_saves_a_checkpoint_and_resumes_exactly"]),
+    ("SIGTERM to `python -m vaelab train` while it trains",
+     "checkpoint saved, exit 130, no traceback; resume bit-identical",
+     ["test_resume.py::test_sigterm_to_cli_saves_checkpoint_exits_130_and_resumes_exactly"]),
+    ("Gaussian decoder, variance ReLU(v) + 0 (eps = 0), policy raise",
+     "TrainingDiverged naming the term, smallest variance, lr and fix; last checkpoint byte-identical and loadable; CLI exit 2",
+     ["test_nan_guard.py::test_raise_stops", "test_nan_guard.py::test_raise_from_the_cli"]),
+    ("ReLU variance with eps = 0, policy skip",
+     "every non-finite batch dropped and counted (skipped_steps); weights untouched",
+     ["test_nan_guard.py::test_skip_drops"]),
+    ("learned log-variance with lr = 1 (Adam), policy rollback",
+     "rolled back and lr halved per event; run finishes with finite weights",
+     ["test_nan_guard.py::test_rollback_restores"]),
+    ("ReLU variance with eps = 0, policy rollback",
+     "gives up after 10 rollbacks with TrainingDiverged",
+     ["test_nan_guard.py::test_rollback_gives_up"]),
+    ("every single-byte change of a checkpoint (x ^ 0x01 and x ^ 0xFF at each of {checkpoint_bytes} bytes: {byte_changes} files)",
+     "all refused (checksum or format error)",
+     ["test_checkpoint_safety.py::test_every_single_byte_change_is_refused"]),
+    ("every truncation of a checkpoint ({truncations} lengths)",
+     "all refused",
+     ["test_checkpoint_safety.py::test_every_truncation_is_refused"]),
+    ("newest checkpoint bit-flipped, the one before truncated",
+     "both set aside (*.damaged) with a warning; resume from the third; bit-identical",
+     ["test_checkpoint_safety.py::test_resume_falls_back"]),
+    ("every checkpoint truncated",
+     "resume refused: 'no usable checkpoint'",
+     ["test_checkpoint_safety.py::test_resume_with_no_usable_checkpoint"]),
+    ("code-running pickle / torch.save zip as a checkpoint and as model.safetensors",
+     "refused, marker file never created; resume sets it aside; `vaelab eval` exit 2",
+     ["test_checkpoint_safety.py::test_malicious_pickle_is_refused_never_run"]),
+    ("source scan for torch.load / pickle.load / allow_pickle",
+     "none outside the CIFAR reader's restricted unpickler",
+     ["test_checkpoint_safety.py::test_the_package_never_unpickles_freely"]),
+    ("rename fails with ENOSPC / EROFS / EACCES; disk full halfway through a write",
+     "one-line VaelabError; old file byte-identical; no temp file left",
+     ["test_checkpoint_safety.py::test_failed_rename", "test_checkpoint_safety.py::test_disk_full_halfway"]),
+    ("disk full at epoch 2's checkpoint during `vaelab train --resume`",
+     "exit 2, one line; checkpoint 1 intact; resume after freeing space bit-identical",
+     ["test_checkpoint_safety.py::test_disk_full_during_training"]),
+    ("metrics.jsonl on a read-only file system",
+     "one-line VaelabError",
+     ["test_checkpoint_safety.py::test_unwritable_metrics_file"]),
+    ("chmod 555 on the checkpoint folder (non-root only)",
+     "VaelabError; checkpoints unchanged",
+     ["test_checkpoint_safety.py::test_read_only_checkpoint_folder_for_real"]),
+    ("a second writer (another process holds the run; CLI, resume, --overwrite)",
+     "refused: 'in use by vaelab pid N'; run untouched",
+     ["test_run_lock.py::test_a_second_writer", "test_run_lock.py::test_two_writers_in_one_process",
+      "test_resume.py::test_sigterm_to_cli"]),
+    ("the lock holder SIGKILLed",
+     "lock released by the kernel; the next writer proceeds",
+     ["test_run_lock.py::test_the_lock_dies_with_its_holder"]),
+    ("config fuzz: {N_DICTS} random documents, {N_FILES} JSON/TOML files, {N_BYTES} byte strings, "
+     "{N_SET} --set lists, {N_CLI} CLI command lines (hypothesis, derandomized)",
+     "a Config or a one-line VaelabError; CLI exit 0 or 2",
+     ["test_config_fuzz.py::test_from_dict", "test_config_fuzz.py::test_load_random",
+      "test_config_fuzz.py::test_set_random", "test_config_fuzz.py::test_cli_random"]),
+    ("infinite numbers in JSON, TOML and --set",
+     "refused",
+     ["test_config_fuzz.py::test_infinite_values"]),
+]
+
+DATA_ROWS = [
+    ("download with a wrong checksum / a broken mirror / an interrupted transfer",
+     "never used, no partial file left; next mirror tried",
+     ["test_data_download.py::test_bad_checksum", "test_data_download.py::test_only_bad_checksum",
+      "test_data_download.py::test_interrupted_download", "test_data_download.py::test_first_mirror"]),
+    ("tar members with ../ or absolute paths, links, devices",
+     "refused", ["test_data_cifar.py::test_tar_path_traversal", "test_data_cifar.py::test_tar_links_and_devices"]),
+    ("code-running pickle as a CIFAR batch (alone and inside the tarball)",
+     "refused by the restricted unpickler", ["test_data_cifar.py::test_malicious_pickle"]),
+    ("IDX header declaring a huge count", "fails fast, nothing allocated",
+     ["test_data_idx.py::test_huge_declared_count", "test_data_idx.py::test_huge_dimensions"]),
+    ("reader fuzz: IDX, .mat, CIFAR batch, image folder ({FUZZ_EXAMPLES} inputs per test)",
+     "a Dataset or a one-line VaelabError", ["test_data_fuzz.py::"]),
+]
+
+
+def constants(path: Path, names: list[str]) -> dict:
+    """Module-level integer constants of a test file, read without importing it."""
+    found = {}
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            if node.targets[0].id in names:
+                found[node.targets[0].id] = ast.literal_eval(node.value)
+    return found
+
+
+def run_tests(files: list[str]) -> tuple[dict[str, str], dict]:
+    """Outcome per test id ('file::name[param]') and the numbers the tests reported."""
+    with tempfile.TemporaryDirectory() as tmp:
+        junit, report = Path(tmp) / "junit.xml", Path(tmp) / "report.jsonl"
+        env = dict(os.environ, VAELAB_FAULT_REPORT=str(report))
+        subprocess.run([sys.executable, "-m", "pytest", *[str(TESTS / f) for f in files], "-q",
+                        "-p", "no:cacheprovider", f"--junitxml={junit}"], cwd=REPO, env=env,
+                       stdout=subprocess.DEVNULL)
+        outcomes = {}
+        for case in ET.parse(junit).iter("testcase"):
+            name = f"{case.get('classname').rpartition('.')[2]}.py::{case.get('name')}"
+            kinds = {child.tag for child in case}
+            outcomes[name] = ("failed" if kinds & {"failure", "error"} else
+                              "skipped" if "skipped" in kinds else "passed")
+        measured = {}
+        if report.exists():
+            for line in report.read_text().splitlines():
+                measured.update(json.loads(line))
+    return outcomes, measured
+
+
+def result(outcomes: dict[str, str], prefixes: list[str]) -> str:
+    hits = Counter(v for k, v in outcomes.items() if any(k.startswith(p) for p in prefixes))
+    if not hits:
+        return "not run"
+    total = sum(hits.values())
+    text = f"{hits['passed']}/{total} passed"
+    if hits["skipped"]:
+        text += f", {hits['skipped']} skipped"
+    if hits["failed"]:
+        text += f", **{hits['failed']} FAILED**"
+    return text
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", action="store_true", help="also run the data readers' fault tests")
+    args = parser.parse_args()
+    files = OWN + (DATA if args.data else [])
+    outcomes, measured = run_tests(files)
+    values = constants(TESTS / "test_config_fuzz.py", ["N_DICTS", "N_FILES", "N_BYTES", "N_SET", "N_CLI"])
+    values.update(constants(TESTS / "test_resume.py", ["RANDOM_KILLS"]))
+    values.update(constants(TESTS / "test_data_fuzz.py", ["FUZZ_EXAMPLES"]))
+    states = Counter(measured.get("random_kill_states", []))
+    values.update(random_kills=values.get("RANDOM_KILLS", "?"),
+                  random_states=", ".join(f"{n}x {s}" for s, n in states.items()) or "not recorded",
+                  byte_changes=measured.get("byte_changes", "?"),
+                  checkpoint_bytes=measured.get("checkpoint_bytes", "?"),
+                  truncations=measured.get("truncations", "?"))
+    print("| Fault injected | Required outcome | Test | Result |")
+    print("|---|---|---|---|")
+    for fault, outcome, prefixes in ROWS + (DATA_ROWS if args.data else []):
+        tests = "<br>".join(f"`{p.rstrip(':')}`" for p in prefixes)
+        print(f"| {fault.format(**values)} | {outcome} | {tests} | {result(outcomes, prefixes)} |")
+    failed = [k for k, v in outcomes.items() if v == "failed"]
+    if failed:
+        print(f"\n{len(failed)} tests failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
