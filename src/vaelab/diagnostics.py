@@ -1,0 +1,202 @@
+"""Is the model using its latent code, and did training misbehave? Said plainly.
+
+Posterior collapse has three faces, each checked here:
+
+- the KL term is near zero: q(z|x) is the prior, so z carries (almost) no information
+  about x (the mutual information I(x; z) is at most the average KL);
+- no latent unit is active: the posterior mean does not move with x (Burda et al.'s
+  active units, Cov_x(E_q[z]) > 0.01);
+- the decoder ignores z: decoding different prior draws gives the same image. Measured
+  as the variance of the decoder mean over z, as a fraction of the pixel variance of the
+  data (both in image space, [0, 1]); a model that uses z explains a good part of it.
+
+Training instability is read back from metrics.jsonl: NaN events and skipped steps (the
+trainer's NaN guard), non-finite losses, gradient-norm spikes and exploding posterior
+standard deviations.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .evaluate import ACTIVE_UNIT_THRESHOLD
+
+#: nats per image: below this the whole code carries less than half a nat about x
+KL_NEAR_ZERO = 0.5
+#: decoder-mean variance over prior draws of z, as a fraction of the data's pixel variance
+Z_SENSITIVITY_THRESHOLD = 0.01
+#: an epoch's largest gradient norm this many times the median of the earlier epochs
+GRAD_SPIKE_FACTOR = 20.0
+#: a posterior standard deviation this large, against a N(0, 1) prior, has blown up
+STD_EXPLODED = 10.0
+
+
+@dataclass
+class Finding:
+    """One line of a diagnosis: level is 'ok', 'note', 'warning' or 'collapse'."""
+
+    level: str
+    title: str
+    text: str
+
+
+@dataclass
+class Episode:
+    """An epoch where training misbehaved: kind is nan, skipped, non-finite, grad-spike or variance."""
+
+    epoch: int
+    kind: str
+    detail: str
+
+
+# -- posterior collapse ---------------------------------------------------------------------
+
+def collapse_warning(row: dict, t=None) -> str | None:
+    """The trainer's per-epoch check on a metrics row; None when the code is in use.
+
+    Collapse is a KL near zero or no active unit. Epochs trained with beta = 0 (a plain
+    autoencoder) have no KL pressure and are not judged.
+    """
+    if row.get("beta", 1.0) == 0:
+        return None
+    kl = row.get("val_kl")
+    if kl is None or (isinstance(kl, float) and not math.isfinite(kl)):
+        kl = row.get("train_kl")
+    active = row.get("active_units")
+    near_zero = kl is not None and math.isfinite(kl) and kl < KL_NEAR_ZERO
+    none_active = active == 0
+    if not (near_zero or none_active):
+        return None
+    parts = []
+    if near_zero:
+        parts.append(f"KL {kl:.3f} nats/image (< {KL_NEAR_ZERO})")
+    if none_active:
+        parts.append("no active latent units")
+    elif active is not None:
+        parts.append(f"{active} active units")
+    return (f"posterior collapse at epoch {row.get('epoch', '?')}: {', '.join(parts)}; the decoder is "
+            f"ignoring z. Try KL annealing (train.kl_schedule=linear), free bits (train.free_bits), "
+            f"or a smaller decoder")
+
+
+@torch.no_grad()
+def decoder_z_sensitivity(model, transform, data_images: torch.Tensor, n: int = 64,
+                          seed: int = 0) -> float:
+    """Variance of the decoded image over n prior draws of z / pixel variance of the data.
+
+    ``data_images`` are uint8 (N, C, H, W). 0 means every z decodes to the same image.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        gen = torch.Generator(device=device).manual_seed(seed)
+        z = torch.randn((n, model.latent_dim), generator=gen, device=device)
+        decoded = transform.to_images(model.likelihood.mean(model.decode(z))).float().cpu()
+    finally:
+        model.train(was_training)
+    data = data_images[:2000].float().cpu() / 255.0
+    data_var = float(data.var(0).mean()) if len(data) > 1 else 0.0
+    if data_var <= 0:
+        return float("nan")
+    return float(decoded.var(0).mean()) / data_var
+
+
+def latent_activity(means: torch.Tensor, stds: torch.Tensor) -> dict:
+    """Per-dimension KL (nats, averaged over images), Var_x of the posterior mean, activity."""
+    means, stds = means.double(), stds.double()
+    var = stds.pow(2)
+    kl = 0.5 * (means.pow(2) + var - 1.0 - var.log())
+    kl_per_dim = kl.mean(0)
+    var_of_means = means.var(0) if len(means) > 1 else torch.zeros(means.shape[1], dtype=torch.float64)
+    active = var_of_means > ACTIVE_UNIT_THRESHOLD
+    return {"kl_per_dim": kl_per_dim.tolist(), "var_of_means": var_of_means.tolist(),
+            "active": active.tolist(), "active_units": int(active.sum())}
+
+
+def diagnose_collapse(kl: float | None, active_units: int | None, latent_dim: int,
+                      z_sensitivity: float | None = None, beta: float = 1.0) -> list[Finding]:
+    """Findings about posterior collapse from the final numbers of a run."""
+    findings = []
+    if beta == 0:
+        findings.append(Finding("note", "no KL pressure", "trained with beta = 0 (a plain autoencoder): "
+                                "the KL and active-unit checks do not apply"))
+    collapsed = []
+    if kl is not None and math.isfinite(kl) and kl < KL_NEAR_ZERO and beta > 0:
+        collapsed.append(f"the KL is {kl:.3f} nats/image, near zero (< {KL_NEAR_ZERO}): "
+                         f"z carries almost no information about x")
+    if active_units == 0 and beta > 0:
+        collapsed.append("no latent unit is active: the posterior mean does not move with the image")
+    if z_sensitivity is not None and math.isfinite(z_sensitivity) and z_sensitivity < Z_SENSITIVITY_THRESHOLD:
+        collapsed.append(f"samples are independent of z: decoding different prior draws varies the image by "
+                         f"{100 * z_sensitivity:.2f}% of the data's pixel variance (< {100 * Z_SENSITIVITY_THRESHOLD:g}%)")
+    if collapsed:
+        findings.append(Finding("collapse", "posterior collapse", "; ".join(collapsed) + ". Try KL annealing "
+                                "(train.kl_schedule=linear), free bits (train.free_bits) or a smaller decoder."))
+        return findings
+    parts = []
+    if kl is not None and math.isfinite(kl):
+        parts.append(f"KL {kl:.2f} nats/image")
+    if active_units is not None:
+        parts.append(f"{active_units} of {latent_dim} latent units active")
+    if z_sensitivity is not None and math.isfinite(z_sensitivity):
+        parts.append(f"z moves the decoded image by {100 * z_sensitivity:.1f}% of the data's pixel variance")
+    findings.append(Finding("ok", "the latent code is in use", ", ".join(parts)))
+    if active_units is not None and 0 < active_units < latent_dim:
+        findings.append(Finding("note", "inactive units", f"{latent_dim - active_units} of {latent_dim} latent "
+                                f"units are inactive (the usual partial collapse of unused dimensions)"))
+    return findings
+
+
+# -- training instability -------------------------------------------------------------------
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def instability_episodes(rows: list[dict]) -> list[Episode]:
+    """Epochs with NaN events, skipped steps, non-finite losses, gradient spikes or exploding
+    posterior standard deviations, from metrics.jsonl rows (in epoch order)."""
+    episodes = []
+    nan_before = skipped_before = 0
+    grad_history: list[float] = []
+    for row in rows:
+        epoch = row.get("epoch", len(episodes))
+        nan_events, skipped = row.get("nan_events") or 0, row.get("skipped_steps") or 0
+        if nan_events > nan_before:
+            episodes.append(Episode(epoch, "nan", f"{nan_events - nan_before} non-finite loss or gradient event(s)"))
+        if skipped > skipped_before:
+            episodes.append(Episode(epoch, "skipped", f"{skipped - skipped_before} batch(es) skipped"))
+        nan_before, skipped_before = max(nan_before, nan_events), max(skipped_before, skipped)
+        bad = [k for k in ("train_loss", "val_elbo") if k in row and not _finite(row[k])]
+        if bad:
+            episodes.append(Episode(epoch, "non-finite", f"non-finite {', '.join(bad)}"))
+        grad = row.get("grad_norm_max")
+        if _finite(grad):
+            if len(grad_history) >= 3:
+                median = sorted(grad_history)[len(grad_history) // 2]
+                if median > 0 and grad > GRAD_SPIKE_FACTOR * median:
+                    episodes.append(Episode(epoch, "grad-spike", f"largest gradient norm {grad:.3g}, "
+                                            f"{grad / median:.0f}x the median of earlier epochs"))
+            grad_history.append(grad)
+        std_max = row.get("latent_std_max")
+        if _finite(std_max) and std_max > STD_EXPLODED:
+            episodes.append(Episode(epoch, "variance", f"a posterior standard deviation of {std_max:.3g} "
+                                    f"(> {STD_EXPLODED:g} against a N(0, 1) prior)"))
+    return episodes
+
+
+def diagnose_training(rows: list[dict]) -> list[Finding]:
+    """Findings about the training curves: episodes, or a plain 'none'."""
+    if not rows:
+        return [Finding("note", "no training metrics", "metrics.jsonl is empty or missing")]
+    episodes = instability_episodes(rows)
+    if not episodes:
+        return [Finding("ok", "stable training", f"{len(rows)} epochs with no NaN events, skipped steps, "
+                        f"non-finite losses, gradient spikes or exploding variances")]
+    listed = "; ".join(f"epoch {e.epoch}: {e.detail}" for e in episodes[:10])
+    more = f" (and {len(episodes) - 10} more)" if len(episodes) > 10 else ""
+    return [Finding("warning", f"{len(episodes)} unstable episode(s)", listed + more)]

@@ -1,0 +1,84 @@
+"""`vaelab report`, `vaelab compare` and `vaelab figures`: the subcommands that show a run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import VaelabError
+
+
+def _check_eval_args(args) -> None:
+    if args.iw_samples < 0:
+        raise VaelabError(f"--iw-samples must be 0 or more, got {args.iw_samples}")
+    if args.limit < 0:
+        raise VaelabError(f"--limit must be 0 or more, got {args.limit}")
+    if args.probe_labels < 0:
+        raise VaelabError(f"--probe-labels must be 0 or more, got {args.probe_labels}")
+
+
+def cmd_report(args) -> int:
+    from .report import write_report
+    from .runs import load_run
+
+    _check_eval_args(args)
+    run = load_run(args.run_dir, device=args.device or "cpu")
+    out = write_report(run, args.out, iw_samples=args.iw_samples, limit=args.limit,
+                       probe_labels=args.probe_labels, seed=args.seed, progress=not args.quiet)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .compare import compare_runs
+
+    _check_eval_args(args)
+    paths = compare_runs(args.run_dirs, args.out, iw_samples=args.iw_samples, limit=args.limit,
+                         probe_labels=args.probe_labels, seed=args.seed, progress=not args.quiet)
+    print(f"wrote {paths['html']}, {paths['markdown']} and {paths['csv']}")
+    return 0
+
+
+def cmd_figures(args) -> int:
+    from .figures import write_figures
+    from .runs import load_run
+
+    run = load_run(args.run_dir, device=args.device or "cpu")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise VaelabError(f"--out {out} is a file: give a folder for the figures")
+    paths = write_figures(run, out, seed=args.seed)
+    for path in paths.values():
+        print(f"wrote {path}")
+    return 0
+
+
+def _eval_options(p) -> None:
+    p.add_argument("--iw-samples", type=int, default=100, metavar="K",
+                   help="importance samples per image for -log p(x) (default 100; 0: skip)")
+    p.add_argument("--limit", type=int, default=0, help="evaluate only the first N test images")
+    p.add_argument("--probe-labels", type=int, default=0, metavar="N",
+                   help="also fit latent probes on N labelled training images")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("report", help="one self-contained HTML report of a run")
+    p.add_argument("run_dir")
+    p.add_argument("--out", metavar="FILE.html", help="where to write it (default RUN_DIR/report.html)")
+    _eval_options(p)
+    p.set_defaults(func=cmd_report)
+
+    p = subparsers.add_parser("compare", help="compare runs: an HTML page, a Markdown table and a CSV")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for compare.html, compare.md, compare.csv")
+    _eval_options(p)
+    p.set_defaults(func=cmd_compare)
+
+    p = subparsers.add_parser("figures", help="write every figure of a run as PNG files")
+    p.add_argument("run_dir")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the PNG files (created)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device")
+    p.set_defaults(func=cmd_figures)

@@ -1,0 +1,198 @@
+"""Training-time outputs: fixed-noise sample grids and their GIF, TensorBoard, a collapse check.
+
+Every callback here only reads the model (in eval mode, without gradients) and draws its
+noise from its own generator, so turning one on never changes what training computes.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from ..errors import VaelabError
+
+PROGRESS_DIR = "progress"
+PROGRESS_GIF = "progress.gif"
+TENSORBOARD_DIR = "tensorboard"
+NOISE_SEED = 4321  # the fixed z of the progress grids: the same in every run and every epoch
+GRID_IMAGES = 64
+
+
+def fixed_noise(latent_dim: int, n: int = GRID_IMAGES, seed: int = NOISE_SEED) -> torch.Tensor:
+    """n draws of z ~ N(0, I) from a generator of their own (CPU, so every device agrees)."""
+    return torch.randn((n, latent_dim), generator=torch.Generator().manual_seed(seed))
+
+
+@torch.no_grad()
+def decode_images(model, transform, z: torch.Tensor) -> torch.Tensor:
+    """Decoder means at z, as float images in [0, 1] on the CPU; the model's mode is kept."""
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        return transform.to_images(model.likelihood.mean(model.decode(z.to(device)))).float().cpu()
+    finally:
+        model.train(was_training)
+
+
+def _due(epoch: int, every: int, last: int) -> bool:
+    return epoch % every == 0 or epoch == last
+
+
+# -- progress grids --------------------------------------------------------------------------
+
+def progress_frames(run_dir: str | Path) -> list[Path]:
+    """The saved progress grids of a run, in epoch order."""
+    folder = Path(run_dir) / PROGRESS_DIR
+    return sorted(folder.glob("epoch-*.png")) if folder.is_dir() else []
+
+
+def write_progress_gif(run_dir: str | Path, out: str | Path | None = None, frame_ms: int = 500) -> Path | None:
+    """Animate the progress grids into ``out`` (default RUN_DIR/progress/progress.gif), each
+    frame labelled with its epoch; None when there are no grids yet."""
+    from PIL import Image, ImageDraw
+
+    frames = []
+    for path in progress_frames(run_dir):
+        with Image.open(path) as grid:
+            grid = grid.convert("RGB")
+        # a white strip above the grid for the label, so the digits stay uncovered
+        frame = Image.new("RGB", (grid.width, grid.height + 16), "white")
+        frame.paste(grid, (0, 16))
+        ImageDraw.Draw(frame).text((4, 2), f"epoch {int(path.stem.split('-')[1])}", fill="black")
+        frames.append(frame)
+    if not frames:
+        return None
+    out = Path(out) if out else Path(run_dir) / PROGRESS_DIR / PROGRESS_GIF
+    # the last frame stays up longer, so the end of training is easy to see
+    durations = [frame_ms] * (len(frames) - 1) + [frame_ms * 4]
+    frames[0].save(out, save_all=True, append_images=frames[1:], duration=durations, loop=0)
+    return out
+
+
+class ProgressGrids:
+    """Every ``every`` epochs (and after the last), decode the same fixed noise into
+    RUN_DIR/progress/epoch-NNNN.png and refresh progress.gif (so an interrupted run has one)."""
+
+    def __init__(self, every: int, n: int = GRID_IMAGES):
+        if every < 1:
+            raise VaelabError(f"sample grids need an interval of at least 1 epoch, got {every}")
+        self.every, self.n = every, n
+        self.z = None
+
+    def on_train_start(self, trainer) -> None:
+        self.z = fixed_noise(trainer.model.latent_dim, self.n)
+        (trainer.out / PROGRESS_DIR).mkdir(exist_ok=True)
+
+    def on_epoch_end(self, trainer, row: dict) -> None:
+        if not _due(trainer.epoch, self.every, trainer.config.train.epochs):
+            return
+        from ..imagegrid import save_grid
+
+        images = decode_images(trainer.model, trainer.data.transform, self.z)
+        save_grid(images, trainer.out / PROGRESS_DIR / f"epoch-{trainer.epoch:04d}.png",
+                  nrow=int(math.ceil(math.sqrt(self.n))))
+        write_progress_gif(trainer.out)
+
+
+# -- TensorBoard -----------------------------------------------------------------------------
+
+def scalar_tag(key: str) -> str:
+    """metrics.jsonl key -> TensorBoard tag: train_loss -> train/loss, beta -> train/beta."""
+    for prefix in ("train", "val", "latent"):
+        if key.startswith(prefix + "_"):
+            return f"{prefix}/{key[len(prefix) + 1:]}"
+    if key == "active_units":
+        return "val/active_units"
+    return f"train/{key}"
+
+
+class TensorBoardLogger:
+    """Scalars of every metrics row, KL per latent dimension, and the fixed-noise sample grid
+    (every ``image_every`` epochs), written to RUN_DIR/tensorboard/."""
+
+    writer = None
+
+    def __init__(self, image_every: int = 1, n: int = GRID_IMAGES):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise VaelabError("train.tensorboard=true needs the tensorboard package: pip install tensorboard "
+                              "(or pip install 'vaelab[tensorboard]')") from None
+        self._writer_class = SummaryWriter
+        self.image_every, self.n = max(1, image_every), n
+        self.writer = None
+        self.z = None
+
+    def on_train_start(self, trainer) -> None:
+        # on resume, events logged after the checkpoint's epoch are dropped, not duplicated
+        purge = trainer.epoch + 1 if trainer.resume else None
+        self.writer = self._writer_class(log_dir=str(trainer.out / TENSORBOARD_DIR), purge_step=purge)
+        self.z = fixed_noise(trainer.model.latent_dim, self.n)
+
+    def on_epoch_end(self, trainer, row: dict) -> None:
+        from ..imagegrid import make_grid
+
+        step = trainer.epoch
+        for key, value in row.items():
+            if key == "epoch":
+                continue
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.writer.add_scalar(scalar_tag(key), value, step)
+            elif key == "kl_per_dim" and isinstance(value, list):
+                for i, kl in enumerate(value):
+                    self.writer.add_scalar(f"kl_per_dim/z{i:03d}", kl, step)
+        if _due(step, self.image_every, trainer.config.train.epochs):
+            grid = make_grid(decode_images(trainer.model, trainer.data.transform, self.z),
+                             nrow=int(math.ceil(math.sqrt(self.n))))
+            self.writer.add_image("samples/fixed_noise", grid, step, dataformats="HW" if grid.ndim == 2 else "HWC")
+        self.writer.flush()
+
+    def on_train_end(self, trainer) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+    def __del__(self):  # an interrupted run still leaves complete event files
+        self.close()
+
+
+# -- collapse monitor ------------------------------------------------------------------------
+
+class CollapseMonitor:
+    """Warn in the log when the decoder's output stops depending on z (samples independent
+    of z), once when it starts and once when it ends; the KL and active-unit checks are the
+    trainer's own per-epoch warning."""
+
+    def __init__(self):
+        self.collapsed = False
+
+    def on_epoch_end(self, trainer, row: dict) -> None:
+        from ..diagnostics import Z_SENSITIVITY_THRESHOLD, decoder_z_sensitivity
+
+        images = trainer.val_images if len(trainer.val_images) > 1 else trainer.train_images
+        ratio = decoder_z_sensitivity(trainer.model, trainer.data.transform, images)
+        collapsed = math.isfinite(ratio) and ratio < Z_SENSITIVITY_THRESHOLD
+        if collapsed and not self.collapsed:
+            trainer.log(f"WARNING: samples independent of z at epoch {trainer.epoch}: decoding different "
+                        f"prior draws varies the image by {100 * ratio:.2f}% of the data's pixel variance")
+        elif self.collapsed and not collapsed:
+            trainer.log(f"samples depend on z again at epoch {trainer.epoch} ({100 * ratio:.1f}% of the "
+                        f"data's pixel variance)")
+        self.collapsed = collapsed
+
+
+def training_callbacks(config) -> list:
+    """The factory the trainer calls: what ``config.train`` asks for, plus the collapse check."""
+    t = config.train
+    callbacks: list = [CollapseMonitor()]
+    if t.sample_every:
+        callbacks.append(ProgressGrids(t.sample_every))
+    if t.tensorboard:
+        callbacks.append(TensorBoardLogger(image_every=t.sample_every or 1))
+    return callbacks
