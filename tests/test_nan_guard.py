@@ -132,3 +132,10 @@ def test_rollback_gives_up_when_lowering_the_lr_cannot_help(tmp_path):
     lines = (tmp_path / "hopeless" / rundir.LOG).read_text().splitlines()
     assert sum("rolled back" in line for line in lines) == MAX_ROLLBACKS
     json.loads((tmp_path / "hopeless" / rundir.CONFIG).read_text())  # the run directory is intact
+
+
+def test_a_diverged_run_says_why_in_its_log(tmp_path):
+    with pytest.raises(TrainingDiverged):
+        vaelab.train(config(*RELU_NO_FLOOR, "train.epochs=1"), tmp_path / "run", progress=False)
+    log = (tmp_path / "run" / rundir.LOG).read_text()
+    assert "STOPPED: non-finite loss in epoch 1" in log

@@ -128,9 +128,10 @@ def test_sweep_command_trains_evaluates_tabulates_and_resumes(tmp_path, capsys):
 
 
 def test_failed_runs_are_reported_and_the_others_finish(tmp_path, capsys):
-    # a Gaussian with a zero variance floor at lr 1: ReLU kills the variance and log 0 is -inf
+    # a Gaussian with a zero variance floor at a high lr: ReLU kills the variance and log 0 is
+    # -inf; with a floor of 0.01 the same run stays finite
     base = tiny_base("data.transform=scale", "model.likelihood=gaussian", "model.variance=relu",
-                     "train.lr=1", "train.nan_policy=raise")
+                     "train.lr=0.1", "train.nan_policy=raise")
     rows = sweep(base, parse_grid(["model.variance_eps=0,0.01"]), tmp_path / "s", iw_samples=0,
                  eval_limit=40, progress=False, log=lambda message: None)
     status = {r["model.variance_eps"]: r["status"] for r in rows}

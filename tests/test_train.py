@@ -129,3 +129,36 @@ def test_static_binarization_is_fixed_and_dynamic_is_fresh(tmp_path):
     # pixel probability is u/255: the mean of many draws approaches it
     draws = torch.stack([dyn(images, generator=g) for _ in range(400)]).mean(0)
     assert (draws - images.float() / 255).abs().max() < 0.15
+
+
+def test_resume_takes_a_new_learning_rate_and_records_it(tmp_path):
+    out = vaelab.train(tiny_config(**{"train.epochs": 1}), tmp_path / "run", progress=False)
+    c = Config.load(out / "config.json")
+    c.apply_overrides(["train.epochs=2", "train.lr=1e-4"])
+    vaelab.train(c, out, resume=True, progress=False)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["lr"] == 1e-3 and rows[1]["lr"] == 1e-4
+    saved = Config.load(out / "config.json")
+    assert saved.train.lr == 1e-4 and saved.train.epochs == 2
+
+
+def test_training_leaves_process_settings_as_it_found_them(tmp_path):
+    threads = torch.get_num_threads()
+    vaelab.train(tiny_config(**{"train.epochs": 1, "train.threads": 1}), tmp_path / "run", progress=False)
+    assert torch.get_num_threads() == threads
+    # subnormal floats survive again (flush-to-zero is on only while training)
+    assert torch.tensor([1e-40], dtype=torch.float32).item() != 0.0
+
+
+def test_data_limit_is_a_seeded_random_subset_across_classes():
+    import numpy as np
+
+    from vaelab.pipeline import limit_images
+
+    labels = np.repeat(np.arange(10), 100)  # sorted by class, as many folders are
+    images = np.arange(1000, dtype=np.uint8).reshape(1000, 1, 1, 1)
+    small_images, small_labels = limit_images(images, labels, 50)
+    assert len(small_labels) == 50 and len(set(small_labels.tolist())) >= 8
+    again, _ = limit_images(images, labels, 50)
+    assert np.array_equal(small_images, again)
+    assert limit_images(images, labels, 0)[1] is labels

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from .errors import VaelabError
 EXIT_BAD_INPUT = 2
 
 #: modules that add subcommands: each has register(subparsers), whose parsers set func
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("vaelab.report_cli", "vaelab.sweep")
 
 
 def _config_from_args(args) -> "Config":
@@ -55,9 +56,31 @@ def cmd_train(args) -> int:
         out = Path(args.out)
     else:
         raise VaelabError("vaelab train needs --out RUN_DIR (where the run is written)")
+    if args.nproc is not None and args.nproc != 1:
+        from . import distributed
+
+        if distributed.launched():
+            raise VaelabError("--nproc starts its own workers: leave it out under torchrun")
+        if args.nproc < 1:
+            raise VaelabError(f"--nproc must be at least 1, got {args.nproc}")
+        return distributed.spawn(_without_nproc(args.argv), args.nproc)  # rank 0 prints the run directory
     train(config, out, resume=bool(args.resume), overwrite=args.overwrite, progress=not args.quiet)
-    print(f"run directory: {out}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one line from rank 0
+        print(f"run directory: {out}")
     return 0
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    """The command line for the workers: the same, less --nproc N."""
+    out, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == "--nproc":
+            skip = True
+        elif not item.startswith("--nproc="):
+            out.append(item)
+    return out
 
 
 def _print_eval(result: dict) -> None:
@@ -217,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="where datasets live (default: $VAELAB_DATA or the user cache)")
     p.add_argument("--download", action="store_true", help="download the dataset if missing")
     p.add_argument("--quiet", action="store_true", help="no progress bar or log on the terminal")
+    p.add_argument("--nproc", type=int, metavar="N",
+                   help="data-parallel training in N local processes (DDP; as torchrun --nproc-per-node N)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a run: ELBO, IW log-likelihood, bits/dim, active units")
@@ -282,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # as given: --nproc re-runs it in workers
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_BAD_INPUT

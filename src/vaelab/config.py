@@ -24,6 +24,8 @@ OBJECTIVES = ("elbo", "iwae")
 LR_SCHEDULES = ("constant", "cosine", "step", "plateau")
 EARLY_STOPPING = ("none", "val", "train")
 NAN_POLICIES = ("raise", "skip", "rollback")
+AUTOCAST = ("off", "bf16")
+LAYOUTS = ("auto", "on", "off")
 
 
 @dataclass
@@ -33,7 +35,7 @@ class DataConfig:
     download: bool = False
     transform: str = "binarize-dynamic"
     val_fraction: float = 0.1  # held out of train for validation
-    limit: int = 0  # use only the first N training images (0: all); for smoke runs
+    limit: int = 0  # use only a fixed random subset of N training images (0: all); for smoke runs
     image_size: int | None = None  # folder datasets: resize to this square side
     channels: int | None = None  # folder datasets: 1 (grey) or 3 (RGB)
     pca_components: int = 500
@@ -93,6 +95,10 @@ class TrainConfig:
     checkpoint_every: int = 1  # epochs
     keep_checkpoints: int = 3
     nan_policy: str = "raise"
+    nan_check_every: int = 0  # steps between NaN-guard checks (0: every step on CPU, 50 on CUDA: no per-step sync)
+    autocast: str = "off"  # bf16: networks run in bfloat16 autocast (weights, optimizer and losses stay fp32)
+    compile: bool = False  # torch.compile the encoder and decoder
+    channels_last: str = "auto"  # conv networks in channels_last layout (auto: on for conv models)
     log_latent_stats: bool = True  # per-epoch spread of posterior means / stds on a fixed batch
     sample_every: int = 0  # epochs between fixed-noise sample grids in RUN_DIR/progress/ (0: off)
     tensorboard: bool = False  # TensorBoard scalars and image grids in RUN_DIR/tensorboard/
@@ -152,6 +158,7 @@ class Config:
     # -- validation ---------------------------------------------------------------------
     def validate(self) -> "Config":
         d, m, t = self.data, self.model, self.train
+        _all_finite(self)
         _choice("data.transform", d.transform, TRANSFORMS)
         _range("data.val_fraction", d.val_fraction, 0.0, 0.9)
         _at_least("data.limit", d.limit, 0)
@@ -197,9 +204,25 @@ class Config:
         _range("train.lr_gamma", t.lr_gamma, 1e-6, 1.0)
         _choice("train.early_stopping", t.early_stopping, EARLY_STOPPING)
         _at_least("train.patience", t.patience, 1)
+        # combinations that would silently do something other than what was asked
+        if t.kl_schedule == "cyclical" and t.warmup_epochs > t.cycle_epochs:
+            raise VaelabError(f"train.warmup_epochs={t.warmup_epochs} exceeds train.cycle_epochs={t.cycle_epochs}: "
+                              f"the cyclical KL weight would never reach train.beta")
+        if t.objective == "iwae" and (t.beta != 1 or t.kl_schedule != "constant" or t.free_bits > 0):
+            raise VaelabError("train.objective=iwae bounds log p(x) and has no KL weight: leave train.beta=1, "
+                              "train.kl_schedule=constant and train.free_bits=0")
+        if t.objective == "iwae" and m.variance_l2 > 0:
+            raise VaelabError("model.variance_l2 applies to the ELBO objective only: set it to 0 with train.objective=iwae")
+        if d.val_fraction == 0 and (t.early_stopping == "val" or
+                                    (t.lr_schedule == "plateau" and t.early_stopping != "train")):
+            raise VaelabError("the validation loss is monitored (train.early_stopping=val or train.lr_schedule=plateau) "
+                              "but data.val_fraction=0 holds out no images: raise it, or use train.early_stopping=train")
         _at_least("train.checkpoint_every", t.checkpoint_every, 1)
         _at_least("train.keep_checkpoints", t.keep_checkpoints, 1)
         _choice("train.nan_policy", t.nan_policy, NAN_POLICIES)
+        _at_least("train.nan_check_every", t.nan_check_every, 0)
+        _choice("train.autocast", t.autocast, AUTOCAST)
+        _choice("train.channels_last", t.channels_last, LAYOUTS)
         _at_least("train.sample_every", t.sample_every, 0)
         if t.device not in ("auto", "cpu") and not t.device.startswith(("cuda", "mps")):
             raise VaelabError(f"train.device must be auto, cpu, cuda or cuda:N, got {t.device!r}")
@@ -216,14 +239,21 @@ class Config:
 
     # -- files --------------------------------------------------------------------------
     def save(self, path: Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        from .rundir import atomic_write_bytes
+
+        atomic_write_bytes(Path(path), (json.dumps(self.to_dict(), indent=2) + "\n").encode())
 
     @classmethod
     def load(cls, path: str | Path) -> "Config":
         path = Path(path)
         if not path.is_file():
             raise VaelabError(f"config file {path} does not exist")
-        text = path.read_text()
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise VaelabError(f"config file {path} is not UTF-8 text (byte {exc.start} is invalid)") from None
+        except OSError as exc:
+            raise VaelabError(f"cannot read config file {path}: {exc.strerror or exc}") from None
         try:
             if path.suffix == ".toml":
                 try:
@@ -293,7 +323,7 @@ def _coerce(value, hint, key: str, source: str):
             if text.startswith("["):
                 try:
                     value = json.loads(text)
-                except json.JSONDecodeError:
+                except (json.JSONDecodeError, RecursionError):  # RecursionError: '[[[[...' nested too deep
                     raise VaelabError(f"{source}: {key} expects a list like 500,500, got {value!r}") from None
             else:
                 value = [v for v in text.split(",") if v.strip()]
@@ -328,11 +358,20 @@ def _coerce(value, hint, key: str, source: str):
             if not isinstance(value, (str, int, float)):
                 raise ValueError
             return str(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: float() of a 400-digit int
         pass
     else:
         return value
     raise VaelabError(f"{source}: {key} expects {_type_name(hint)}, got {value!r}")
+
+
+def _all_finite(config: "Config") -> None:
+    """No setting is infinite (JSON and TOML can spell inf; the checks below would let some through)."""
+    for section in ("data", "model", "train"):
+        for name, value in dataclasses.asdict(getattr(config, section)).items():
+            values = value if isinstance(value, list) else [value]
+            if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+                raise VaelabError(f"{section}.{name} must be a finite number, got {value}")
 
 
 def _choice(key, value, choices):

@@ -28,10 +28,14 @@ class Posterior:
     def std(self) -> torch.Tensor:
         return torch.exp(0.5 * self.logvar)
 
-    def rsample(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        """The reparameterization trick: z = mean + std * eps, differentiable in both."""
-        eps = torch.randn(self.mean.shape, generator=generator, device=self.mean.device,
-                          dtype=self.mean.dtype)
+    def rsample(self, generator: torch.Generator | None = None,
+                noise: torch.Tensor | None = None) -> torch.Tensor:
+        """The reparameterization trick: z = mean + std * eps, differentiable in both.
+
+        ``noise`` supplies eps (data-parallel training draws it for the global batch).
+        """
+        eps = noise if noise is not None else torch.randn(
+            self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
         return self.mean + self.std * eps
 
     def kl_per_dim(self) -> torch.Tensor:
@@ -50,6 +54,11 @@ class LossOutput:
     kl: torch.Tensor  # mean over the batch of KL(q||p), nats/image (unweighted)
     kl_per_dim: torch.Tensor  # (L,) mean over the batch
     elbo: torch.Tensor  # mean over the batch of the ELBO (always beta = 1), nats/image
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """Under bf16/fp16 autocast the networks run in half precision; the distributions stay fp32."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
 
 
 def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
@@ -74,23 +83,23 @@ class VAE(nn.Module):
 
     # -- the two halves -----------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> Posterior:
-        mean, logvar = self.posterior_head(self.encoder(x)).chunk(2, dim=-1)
+        mean, logvar = _full(self.posterior_head(self.encoder(x))).chunk(2, dim=-1)
         return Posterior(mean, logvar)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Decoder parameters, (B, n_params, *event_shape)."""
-        return self.decoder(z)
+        return _full(self.decoder(z))
 
     # -- objectives -----------------------------------------------------------------------
     def loss(self, x: torch.Tensor, beta: float = 1.0, free_bits: float = 0.0,
-             generator: torch.Generator | None = None) -> LossOutput:
+             generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> LossOutput:
         """Negative ELBO with a KL weight: recon + beta * KL, averaged over the batch.
 
         ``free_bits`` (nats per latent dimension, Kingma et al. 2016) stops the optimiser
         pushing a dimension's batch-average KL below that floor.
         """
         q = self.encode(x)
-        z = q.rsample(generator)
+        z = q.rsample(generator, noise)
         params = self.decode(z)
         recon = -self.likelihood.log_prob(params, x).mean()
         kl_per_dim = q.kl_per_dim().mean(0)
@@ -100,14 +109,15 @@ class VAE(nn.Module):
         return LossOutput(loss, recon.detach(), kl.detach(), kl_per_dim.detach(),
                           (-(recon + kl)).detach())
 
-    def iwae_loss(self, x: torch.Tensor, k: int, generator: torch.Generator | None = None) -> LossOutput:
+    def iwae_loss(self, x: torch.Tensor, k: int, generator: torch.Generator | None = None,
+                  noise: torch.Tensor | None = None) -> LossOutput:
         """The IWAE objective (Burda et al. 2016) with k samples.
 
         Autograd through logsumexp weights each sample's gradient by its normalised
         importance weight, which is already detached by the softmax's derivative.
         """
         q = self.encode(x)
-        log_w, recon_all = self._log_weights(x, q, k, generator)
+        log_w, recon_all = self._log_weights(x, q, k, generator, noise)
         bound = torch.logsumexp(log_w, 0) - math.log(k)  # (B,)
         kl_per_dim = q.kl_per_dim().mean(0)
         loss = -bound.mean()
@@ -115,16 +125,23 @@ class VAE(nn.Module):
                           kl_per_dim.detach(), bound.mean().detach())
 
     def _log_weights(self, x: torch.Tensor, q: Posterior, k: int,
-                     generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """log p(x, z_i) - log q(z_i | x) for k samples: (k, B), and -log p(x|z_i): (k, B)."""
+                     generator: torch.Generator | None = None,
+                     noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """log p(x, z_i) - log q(z_i | x) for k samples: (k, B), and -log p(x|z_i): (k, B).
+
+        ``noise`` (k, B, L) supplies the standard-normal draws instead of the generator.
+        """
         batch = x.shape[0]
-        eps = torch.randn((k, batch, self.latent_dim), generator=generator, device=x.device,
-                          dtype=q.mean.dtype)
+        eps = noise if noise is not None else torch.randn(
+            (k, batch, self.latent_dim), generator=generator, device=x.device, dtype=q.mean.dtype)
         z = q.mean + q.std * eps  # (k, B, L)
         params = self.decode(z.reshape(k * batch, -1))
         x_rep = x.unsqueeze(0).expand(k, *x.shape).reshape(k * batch, *x.shape[1:])
         log_px = self.likelihood.log_prob(params, x_rep).view(k, batch)
-        log_w = log_px + standard_normal_log_prob(z) - q.log_prob(z)
+        # log q(z|x) from the noise that made z: the same value as q.log_prob(z), without the
+        # 0 * inf that (z - mean)^2 / var gives when a posterior variance underflows
+        log_q = -0.5 * (eps.pow(2) + q.logvar + LOG_2PI).sum(-1)
+        log_w = log_px + standard_normal_log_prob(z) - log_q
         return log_w, -log_px
 
     @torch.no_grad()

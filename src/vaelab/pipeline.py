@@ -33,6 +33,17 @@ def load_images(data: DataConfig, split: str) -> tuple[np.ndarray, np.ndarray]:
     return dataset.images, dataset.labels
 
 
+def limit_images(images: np.ndarray, labels: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """A fixed, seeded subset of ``limit`` images (0: all), in their original order.
+
+    Random rather than the first N, since many folders are sorted by class.
+    """
+    if not limit or limit >= len(images):
+        return images, labels
+    keep = np.sort(np.random.default_rng(SPLIT_SEED).choice(len(images), size=limit, replace=False))
+    return images[keep], labels[keep]
+
+
 def split_train_val(n: int, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
     """Index arrays of a fixed, seeded hold-out of ``val_fraction`` of n images."""
     order = np.random.default_rng(SPLIT_SEED).permutation(n)
@@ -45,9 +56,7 @@ def prepare_data(data: DataConfig, seed: int = 0, transform: Transform | None = 
 
     ``transform`` is passed when resuming, so a fitted PCA is reused, never refitted.
     """
-    images, labels = load_images(data, "train")
-    if data.limit:
-        images, labels = images[:data.limit], labels[:data.limit]
+    images, labels = limit_images(*load_images(data, "train"), data.limit)
     train_idx, val_idx = split_train_val(len(images), data.val_fraction)
     if len(train_idx) == 0:
         raise VaelabError(f"no training images left after holding out data.val_fraction={data.val_fraction} "
@@ -72,9 +81,7 @@ def prepare_data(data: DataConfig, seed: int = 0, transform: Transform | None = 
 def eval_images(data: DataConfig, split: str, transform: Transform) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 images and labels of a split for evaluation; 'val' is the held-out part of train."""
     if split == "val":
-        images, labels = load_images(data, "train")
-        if data.limit:
-            images, labels = images[:data.limit], labels[:data.limit]
+        images, labels = limit_images(*load_images(data, "train"), data.limit)
         _, idx = split_train_val(len(images), data.val_fraction)
         if len(idx) == 0:
             raise VaelabError("this run held out no validation images (data.val_fraction=0): use --split test")

@@ -8,6 +8,7 @@ step that is not the model's own arithmetic.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import math
@@ -19,6 +20,7 @@ from pathlib import Path
 import torch
 
 from .. import __version__
+from .. import distributed
 from .. import rundir
 from ..config import Config
 from ..errors import VaelabError
@@ -66,22 +68,31 @@ class Trainer:
         self.callbacks = list(callbacks or [])
         self.out = Path(out)
         self.resume = resume
-        self.progress = progress
+        self.dist = distributed.context()  # None unless several processes train together
+        self.is_main = self.dist is None or self.dist.is_main  # only rank 0 writes the run directory
+        self.progress = progress and self.is_main
         self._log_stream = log if log is not None else sys.stderr
         self.stop_requested: str | None = None
+        self._config_changed = False  # a resume changed settings: saved with its first checkpoint
 
     # -- logging -------------------------------------------------------------------------
+    def _log_file_only(self, message: str) -> None:
+        if self.is_main:
+            with open(self.out / rundir.LOG, "a") as f:
+                f.write(f"[{time.strftime('%H:%M:%S')}] {message}\n")
+
     def log(self, message: str) -> None:
-        line = f"[{time.strftime('%H:%M:%S')}] {message}"
-        with open(self.out / rundir.LOG, "a") as f:
-            f.write(line + "\n")
-        if self.progress or message.startswith("WARNING"):
-            print(line, file=self._log_stream, flush=True)
+        """To train.log, and to the terminal when progress is shown (warnings always)."""
+        self._log_file_only(message)
+        if self.is_main and (self.progress or message.startswith("WARNING")):
+            print(f"[{time.strftime('%H:%M:%S')}] {message}", file=self._log_stream, flush=True)
 
     # -- setup ---------------------------------------------------------------------------
     def _setup(self, transform=None) -> None:
         cfg, t = self.config, self.config.train
         self.device = resolve_device(t.device)
+        if self.dist is not None and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
         if t.threads:
             torch.set_num_threads(t.threads)
         if self.device.type == "cpu":
@@ -95,7 +106,23 @@ class Trainer:
         self.train_images = self.data.train.to(self.device)
         self.val_images = self.data.val.to(self.device)
         self.model = VAE(cfg.model, self.data.event_shape).to(self.device)
+        self.channels_last = t.channels_last == "on" or (
+            t.channels_last == "auto" and "conv" in (cfg.model.encoder, cfg.model.decoder))
+        if self.channels_last:  # NHWC: the layout oneDNN and cuDNN convolutions prefer
+            self.model.to(memory_format=torch.channels_last)
+        if t.compile:  # in place, so state_dict keys (checkpoints) stay as they are
+            self.model.encoder.compile()
+            self.model.decoder.compile()
+        self.parallel = distributed.DataParallel(self.model, self.dist, self.device) if self.dist else None
         self.optimizer = make_optimizer(self.model, t, self.device)
+        # the NaN guard checks every step on CPU (free there); on CUDA a per-step check would
+        # stall the GPU, so flags accumulate on the device and are read every N steps, while
+        # the fused optimizer skips a non-finite step by itself (found_inf)
+        self.check_every = t.nan_check_every or (50 if self.device.type == "cuda" else 1)
+        if not self.optimizer.defaults.get("fused"):
+            self.check_every = 1
+        self._autocast = ((lambda: torch.autocast(self.device.type, dtype=torch.bfloat16))
+                          if t.autocast == "bf16" else contextlib.nullcontext)
         self.scheduler = make_lr_scheduler(self.optimizer, t)
         self.kl_schedule = KLSchedule(t)
         self.stopper = EarlyStopping(t.patience, t.min_delta)
@@ -110,7 +137,9 @@ class Trainer:
         self.rollbacks = 0  # consecutive rollbacks without a completed epoch
         self._partial = None  # where an interrupted epoch stands (order, step, partial sums)
         n = len(self.train_images)
-        self.steps_per_epoch = n // t.batch_size + (1 if n % t.batch_size > 1 else 0)
+        # a last batch of one is dropped (batch norm); with several processes, every rank needs one image
+        last = 2 if self.dist is None else max(2, self.dist.world)
+        self.steps_per_epoch = n // t.batch_size + (1 if n % t.batch_size >= last else 0)
 
     # -- checkpoint state ----------------------------------------------------------------
     def _state(self, partial: dict | None = None) -> tuple[dict, dict]:
@@ -159,7 +188,12 @@ class Trainer:
         self._partial = None if partial is None else dict(
             partial, order=tensors["epoch.order"].to(self.device), sums=tensors["epoch.sums"].to(self.device))
 
-    def save_checkpoint(self, best: bool = False, partial: dict | None = None) -> Path:
+    def save_checkpoint(self, best: bool = False, partial: dict | None = None) -> Path | None:
+        if not self.is_main:
+            return None
+        if self._config_changed:
+            self.config.save(self.out / rundir.CONFIG)
+            self._config_changed = False
         folder = self.out / rundir.CHECKPOINTS
         folder.mkdir(exist_ok=True)
         tensors, meta = self._state(partial)
@@ -176,33 +210,56 @@ class Trainer:
 
         Then metrics.jsonl is cut back to the epochs that checkpoint covers, so each later
         epoch gets exactly one row, and temporary files of a killed writer are removed.
+        Only rank 0 (the lock holder) changes files; other ranks load the same checkpoint.
         """
-        rundir.remove_stale_temp_files(self.out)
+        if self.is_main:
+            rundir.remove_stale_temp_files(self.out)
         for path in rundir.checkpoint_paths(self.out):
             try:
                 tensors, meta = ckpt.load_tensors(path)
             except VaelabError as exc:
-                self.log(f"WARNING: skipping damaged checkpoint: {exc}; "
-                         f"renamed to {rundir.set_aside(path).name}")
+                if self.is_main:
+                    self.log(f"WARNING: skipping damaged checkpoint: {exc}; "
+                             f"renamed to {rundir.set_aside(path).name}")
                 continue
             try:
                 self._load_state(tensors, meta)
             except (RuntimeError, KeyError, ValueError) as exc:
                 raise VaelabError(f"{path} does not match this run's config ({str(exc).splitlines()[0]}); "
                                   f"resume with the config the run was started with") from None
-            dropped = rundir.truncate_metrics(self.out, self.epoch)
+            dropped = rundir.truncate_metrics(self.out, self.epoch) if self.is_main else 0
             where = f", step {self._partial['step']} of epoch {self.epoch + 1}" if self._partial else ""
             self.log(f"resumed from {path.name} (epoch {self.epoch}{where})"
                      + (f"; dropped {dropped} metrics rows written after it" if dropped else ""))
             return
         raise VaelabError(f"{self.out} has no usable checkpoint to resume from")
 
+    def _apply_resume_overrides(self) -> None:
+        """A resumed run takes the settings given now (more epochs, a new lr) and records them."""
+        saved = Config.load(self.out / rundir.CONFIG)
+        if saved.train.lr != self.config.train.lr:
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.config.train.lr
+            self.log(f"learning rate set to {self.config.train.lr:g} (was {saved.train.lr:g})")
+        # recorded with the first checkpoint of the resumed run: a resume that fails at once
+        # (a setting that diverges) leaves the run as it was
+        self._config_changed = saved.to_dict() != self.config.to_dict()
+
     # -- the loop ------------------------------------------------------------------------
     def run(self) -> Path:
+        # the trainer changes two process-wide torch settings; put them back afterwards
+        threads = torch.get_num_threads()
+        try:
+            return self._run()
+        finally:
+            torch.set_num_threads(threads)
+            torch.set_flush_denormal(False)
+
+    def _run(self) -> Path:
         cfg = self.config
-        created = not self.out.exists()
+        created = not self.out.exists() and self.is_main
         self.out.mkdir(parents=True, exist_ok=True)
-        with rundir.RunLock(self.out):
+        with rundir.RunLock(self.out) if self.is_main else contextlib.nullcontext():
             transform = None
             try:
                 if self.resume and cfg.data.transform == "pca":
@@ -216,7 +273,8 @@ class Trainer:
                 raise
             if self.resume:
                 self._restore_latest()
-            else:
+                self._apply_resume_overrides()
+            elif self.is_main:
                 cfg.save(self.out / rundir.CONFIG)
                 (self.out / rundir.METRICS).write_text("")
                 self.log(f"vaelab {__version__}: training on {self.device}, "
@@ -247,6 +305,8 @@ class Trainer:
         return self.out
 
     def _callback(self, event: str, *args) -> None:
+        if not self.is_main:
+            return
         for callback in self.callbacks:
             handler = getattr(callback, event, None)
             if handler is not None:
@@ -272,6 +332,7 @@ class Trainer:
             self.rollbacks = 0
             train_seconds = time.perf_counter() - start
             row.update(self._validate())
+            row = distributed.broadcast(row, self.dist)  # rank 0's numbers: one decision on every rank
             self.epoch += 1
             self.kl_schedule.end_epoch(row["train_recon"], t.min_delta)
             monitored = -row["val_elbo"] if t.early_stopping != "train" else row["train_loss"]
@@ -286,11 +347,13 @@ class Trainer:
             is_best = len(self.val_images) > 0 and row["val_elbo"] > self.best_val
             if is_best:
                 self.best_val = row["val_elbo"]
-            with open(self.out / rundir.METRICS, "a") as f:
-                f.write(json.dumps(_finite_or_null(row)) + "\n")
+            if self.is_main:
+                with open(self.out / rundir.METRICS, "a") as f:
+                    f.write(json.dumps(_finite_or_null(row)) + "\n")
             self._log_epoch(row)
             self._callback("on_epoch_end", row)
-            if self.epoch % t.checkpoint_every == 0 or stop or self.epoch == t.epochs or is_best:
+            if (self.epoch % t.checkpoint_every == 0 or stop or self.epoch == t.epochs or is_best
+                    or self.stop_requested):
                 self.save_checkpoint(best=is_best)
             if t.nan_policy == "rollback":
                 self.good_state = self._snapshot()
@@ -309,10 +372,18 @@ class Trainer:
         model, opt, transform = self.model, self.optimizer, self.data.transform
         model.train()
         n = len(self.train_images)
-        order = torch.randperm(n, generator=self.data_gen, device=self.device)
-        sums = torch.zeros(3, device=self.device, dtype=torch.float64)
-        seen = 0
-        grad_norm_max = 0.0
+        first, partial, self._partial = 0, self._partial, None
+        if partial is not None:  # resuming mid-epoch: the same order, sums and RNG as before
+            order, sums, first = partial["order"], partial["sums"].clone(), partial["step"]
+            seen, grad_norm_max = partial["seen"], partial["grad_norm_max"]
+        else:
+            order = torch.randperm(n, generator=self.data_gen, device=self.device)
+            sums = torch.zeros(3, device=self.device, dtype=torch.float64)
+            seen = 0
+            grad_norm_max = 0.0
+        if partial is not None and not self.is_main:  # the sums so far count once, on rank 0
+            sums.zero_()
+            seen = 0
         bar = None
         if self.progress:
             from tqdm.auto import tqdm
@@ -321,35 +392,59 @@ class Trainer:
                        leave=False, dynamic_ncols=True, mininterval=0.5, file=self._log_stream,
                        disable=None)  # no bar when the output is not a terminal
         params = [p for p in model.parameters()]
-        for step in range(self.steps_per_epoch):
-            if self.stop_requested:
+        deferred = self.check_every > 1
+        if deferred:  # device-side tallies of non-finite steps, the images they held, the norm maximum
+            flags = torch.zeros(2, device=self.device, dtype=torch.int64)
+            norm_max = torch.zeros((), device=self.device)
+        for step in range(first, self.steps_per_epoch):
+            if deferred and step > first and (step % self.check_every == 0 or
+                                              (self.stop_requested and self.dist is None)):
+                seen, grad_norm_max = self._settle(flags, norm_max, seen, grad_norm_max, x, beta)
+            if self.stop_requested and self.dist is None:  # several processes stop together, after the epoch
+                self._partial = {"order": order, "step": step, "sums": sums, "seen": seen,
+                                 "grad_norm_max": grad_norm_max}
                 if bar:
                     bar.close()
                 return None
             idx = order[step * t.batch_size:(step + 1) * t.batch_size]
             x = transform(self.train_images[idx], generator=self.data_gen)
+            if self.channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
             beta = self.kl_schedule.beta_at(self.epoch + step / self.steps_per_epoch)
-            if t.objective == "iwae":
-                out = model.iwae_loss(x, t.iw_samples)
-            else:
-                out = model.loss(x, beta=beta, free_bits=t.free_bits)
+            with self._autocast():
+                if self.parallel is not None:  # this rank's shard of the global batch, through DDP
+                    x, out, objective = self.parallel.loss(x, beta, t)
+                elif t.objective == "iwae":
+                    out = model.iwae_loss(x, t.iw_samples)
+                else:
+                    out = model.loss(x, beta=beta, free_bits=t.free_bits)
             opt.zero_grad(set_to_none=True)
-            if not torch.isfinite(out.loss):
+            # with DDP every rank must run backward; a non-finite loss shows in the all-reduced gradient
+            if not deferred and self.parallel is None and not torch.isfinite(out.loss):
                 if self._non_finite("loss", x, beta):
                     continue
-            out.loss.backward()
+            (objective if self.parallel is not None else out.loss).backward()
             if t.grad_clip > 0:
                 norm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
             else:
                 norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-            if not torch.isfinite(norm):
+            if deferred:  # no host sync: the fused optimizer skips a non-finite step on the device
+                ok = torch.isfinite(out.loss.detach()) & torch.isfinite(norm)
+                opt.found_inf = (~ok).float()
+                bad = (~ok).long()
+                flags += torch.stack([bad, bad * x.shape[0]])
+            elif not torch.isfinite(norm):
                 if self._non_finite("gradient", x, beta):
                     continue
             opt.step()
             size = x.shape[0]
             seen += size
-            sums += torch.stack([out.loss.detach(), out.recon, out.kl]).double() * size
-            grad_norm_max = max(grad_norm_max, float(norm))
+            if deferred:
+                sums += torch.where(ok, torch.stack([out.loss.detach(), out.recon, out.kl]).double() * size, 0.0)
+                norm_max = torch.maximum(norm_max, torch.where(ok, norm.detach(), 0.0))
+            else:
+                sums += torch.stack([out.loss.detach(), out.recon, out.kl]).double() * size
+                grad_norm_max = max(grad_norm_max, float(norm))
             if bar is not None:
                 bar.update(1)
                 if step % 20 == 0:
@@ -357,13 +452,40 @@ class Trainer:
                     bar.set_postfix(loss=f"{loss:.2f}", recon=f"{recon:.2f}", kl=f"{kl:.2f}", refresh=False)
         if bar is not None:
             bar.close()
-        loss, recon, kl = (sums / max(seen, 1)).tolist()
+        if deferred and self.steps_per_epoch > first:
+            seen, grad_norm_max = self._settle(flags, norm_max, seen, grad_norm_max, x, beta)
+        if self.dist is not None:  # every rank's share of the epoch, and whether any rank was told to stop
+            total = torch.cat([sums, torch.tensor([seen, bool(self.stop_requested)], dtype=sums.dtype,
+                                                  device=sums.device)])
+            distributed.all_reduce_sum(total, self.dist)
+            sums, seen = total[:3], int(total[3])
+            if total[4] > 0 and not self.stop_requested:
+                self.stop_requested = "stop requested on another rank"
+        # an epoch whose every batch was skipped has no loss: NaN (null in metrics.jsonl), not 0
+        loss, recon, kl = (sums / seen).tolist() if seen else [math.nan] * 3
+        # images_per_s times only this process's part of a resumed epoch
+        resumed = partial["seen"] if partial is not None and self.is_main else 0
         return {"train_loss": loss, "train_recon": recon, "train_kl": kl,
                 "beta": self.kl_schedule.beta_at(self.epoch + 1 - 1e-9),
                 "lr": opt.param_groups[0]["lr"], "grad_norm_max": grad_norm_max,
-                "skipped_steps": self.skipped_steps, "nan_events": self.nan_events, "_images": seen}
+                "skipped_steps": self.skipped_steps, "nan_events": self.nan_events,
+                "_images": seen - resumed}
 
     # -- the NaN guard ---------------------------------------------------------------------
+    def _settle(self, flags, norm_max, seen: int, grad_norm_max: float, x, beta: float) -> tuple[int, float]:
+        """Read the device-side tallies (one host sync) and apply the NaN policy to what they hold."""
+        bad_steps, bad_images = flags.tolist()
+        grad_norm_max = max(grad_norm_max, float(norm_max))
+        if bad_steps:
+            flags.zero_()
+            seen -= bad_images
+            # the optimizer already skipped those steps; the policy now says what happens next
+            self.nan_events += bad_steps - 1
+            if self.config.train.nan_policy == "skip":
+                self.skipped_steps += bad_steps - 1
+            self._non_finite(f"loss or gradient in {bad_steps} of the last {self.check_every} steps", x, beta)
+        return seen, grad_norm_max
+
     def _non_finite(self, what: str, x: torch.Tensor, beta: float) -> bool:
         """Handle a non-finite loss or gradient; True means 'skip this batch and go on'."""
         policy = self.config.train.nan_policy
@@ -374,19 +496,27 @@ class Trainer:
             self.skipped_steps += 1
             self.log(f"WARNING: non-finite {what} in epoch {self.epoch + 1}; batch skipped ({diagnosis})")
             return True
-        if policy == "rollback" and self.good_state is not None:
-            lr = self.optimizer.param_groups[0]["lr"]
+        if policy == "rollback" and self.good_state is not None and self.rollbacks < MAX_ROLLBACKS:
+            lr, events = self.optimizer.param_groups[0]["lr"], self.nan_events
             tensors, meta = self.good_state
             self._load_state(tensors, meta)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr * 0.5
+            self.rollbacks += 1
+            self.nan_events = events  # the restored state predates these events; keep the count
             self.log(f"WARNING: non-finite {what}; rolled back to the state after epoch {self.epoch} and "
                      f"halved the learning rate to {lr * 0.5:.3g} ({diagnosis})")
-            return True
-        raise TrainingDiverged(
-            f"non-finite {what} in epoch {self.epoch + 1} ({diagnosis}); the last good checkpoint is kept. "
+            raise _RolledBack
+        kept = rundir.checkpoint_paths(self.out)
+        kept = f"the last good checkpoint {kept[0].name} is kept" if kept else "no checkpoint was written yet"
+        if policy == "rollback":
+            kept = f"{MAX_ROLLBACKS} rollbacks did not help; {kept}"
+        error = TrainingDiverged(
+            f"non-finite {what} in epoch {self.epoch + 1} ({diagnosis}); {kept}. "
             f"Usual fixes: a lower train.lr, train.grad_clip, a variance floor "
             f"(model.variance=relu or softplus with model.variance_eps > 0), or train.nan_policy=skip")
+        self._log_file_only(f"STOPPED: {error}")  # the run directory records why it stopped
+        raise error
 
     @torch.no_grad()
     def diagnose(self, x: torch.Tensor, beta: float) -> str:
@@ -454,6 +584,8 @@ class Trainer:
 
     # -- outputs -------------------------------------------------------------------------------
     def _write_model_description(self) -> None:
+        if not self.is_main:
+            return
         description = {
             "format": "vaelab-model-1", "vaelab": __version__, "torch": torch.__version__,
             "dataset": self.config.data.name, "transform": self.data.transform.name,
@@ -464,9 +596,11 @@ class Trainer:
             "parameters": sum(p.numel() for p in self.model.parameters()),
             "weights": rundir.WEIGHTS,
         }
-        (self.out / rundir.MODEL_JSON).write_text(json.dumps(description, indent=2) + "\n")
+        rundir.atomic_write_bytes(self.out / rundir.MODEL_JSON, (json.dumps(description, indent=2) + "\n").encode())
 
     def _save_final(self) -> None:
+        if not self.is_main:
+            return
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         tensors.update(self.data.transform.state())
         ckpt.save_tensors(self.out / rundir.WEIGHTS, tensors, {"epoch": self.epoch, "vaelab": __version__})
@@ -479,15 +613,10 @@ def _finite_or_null(row: dict) -> dict:
 
 
 def collapse_warning(row: dict, t) -> str | None:
-    """Posterior collapse, said plainly: the KL is near zero and (almost) no unit is active."""
-    if row.get("beta", 1.0) == 0 or t.objective == "iwae":
-        return None
-    kl = row.get("val_kl", row.get("train_kl"))
-    if kl is not None and kl < 0.5 and row.get("active_units", 1) == 0:
-        return (f"posterior collapse: KL {kl:.3f} nats/image and no active units at epoch {row['epoch']}; "
-                f"the decoder ignores z. Try KL annealing (train.kl_schedule=linear), free bits, "
-                f"or a smaller decoder")
-    return None
+    """Posterior collapse, said plainly (the checks live in vaelab.diagnostics)."""
+    from ..diagnostics import collapse_warning as check
+
+    return check(row, t)
 
 
 def _saved_transform(run_dir: Path):
@@ -503,6 +632,11 @@ def _saved_transform(run_dir: Path):
 
 def default_callbacks(config: Config) -> list:
     """The callbacks a config asks for (progress grids, TensorBoard, ...)."""
+    # imported here, not at the top, so callbacks.py may import from the package without a cycle
+    from .callbacks import training_callbacks
+
+    if training_callbacks not in CALLBACK_FACTORIES:
+        CALLBACK_FACTORIES.append(training_callbacks)
     callbacks = []
     for factory in CALLBACK_FACTORIES:
         callbacks.extend(factory(config))
@@ -517,6 +651,7 @@ def train(config: Config, out: str | Path, resume: bool = False, overwrite: bool
           progress: bool = True, callbacks: list | None = None) -> Path:
     """Train a VAE into the run directory ``out``; returns its path."""
     out = Path(out)
+    ctx = distributed.init(config.train.device)  # several processes (torchrun): join them first
     if resume:
         if not (out / rundir.CONFIG).exists():
             raise VaelabError(f"cannot resume: {out} is not a vaelab run directory (no {rundir.CONFIG})")
@@ -524,11 +659,21 @@ def train(config: Config, out: str | Path, resume: bool = False, overwrite: bool
         if not overwrite:
             raise VaelabError(f"{out} already exists and is not empty: pass --overwrite to replace it, "
                               f"--resume to continue it, or choose another --out")
-        _clear_run_dir(out)
+        if ctx is None or ctx.is_main:
+            _clear_run_dir(out)
     config.validate()
+    distributed.barrier(ctx)  # every rank has looked at `out` before rank 0 writes to it
     if callbacks is None:
         callbacks = default_callbacks(config)
-    return Trainer(config, out, resume=resume, progress=progress, callbacks=callbacks).run()
+    try:
+        return Trainer(config, out, resume=resume, progress=progress, callbacks=callbacks).run()
+    except OSError as exc:  # disk full, read-only folder: one clear line, not a traceback
+        if exc.errno not in _WRITE_ERRNOS:
+            raise
+        raise rundir.write_error(Path(exc.filename or out), exc) from None
+
+
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 
 def _clear_run_dir(out: Path) -> None:
