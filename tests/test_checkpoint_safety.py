@@ -36,17 +36,6 @@ def config(*extra: str) -> Config:
     return c.validate()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _restore_torch_globals():
-    """Training sets process-wide torch state (threads, flushing denormals to zero): give the
-    rest of the test session its own back."""
-    threads = torch.get_num_threads()
-    flushing = torch.tensor([1e-40]).mul(1.0).item() == 0.0
-    yield
-    torch.set_num_threads(threads)
-    torch.set_flush_denormal(flushing)
-
-
 def report(**values) -> None:
     """Measured numbers for scripts/fault_table.py, when it is the one running the tests."""
     if os.environ.get("VAELAB_FAULT_REPORT"):

@@ -20,14 +20,7 @@ from vaelab.train.schedules import EarlyStopping, KLSchedule
 from vaelab.train.trainer import train
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models on a shared 2-core machine: with one thread they run several times faster
-    (measured 12x on a loaded machine), since no thread waits for another at every op."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_config(*overrides: str) -> Config:

@@ -26,14 +26,7 @@ EXPERIMENTS = ["svhn-pca", "svhn-kingma-m1", "svhn-mlp-bernoulli", "svhn-conv-be
 CONV = [name for name in EXPERIMENTS if load_preset(name).model.encoder == "conv"]
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models on a shared 2-core machine: with one thread they run several times faster
-    (measured 12x on a loaded machine), since no thread waits for another at every op."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -48,17 +48,6 @@ def tiny_config(*extra: str) -> Config:
     return config.validate()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _restore_torch_globals():
-    """Training sets process-wide torch state (threads, flushing denormals to zero): give the
-    rest of the test session its own back."""
-    threads = torch.get_num_threads()
-    flushing = torch.tensor([1e-40]).mul(1.0).item() == 0.0
-    yield
-    torch.set_num_threads(threads)
-    torch.set_flush_denormal(flushing)
-
-
 class _WeightsPerEpoch:
     """A callback keeping a copy of the weights at the end of every epoch."""
 

@@ -10,7 +10,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 import vaelab
 from vaelab import rundir
@@ -30,17 +29,6 @@ def config() -> Config:
     c = Config()
     c.apply_overrides(TINY)
     return c.validate()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _restore_torch_globals():
-    """Training sets process-wide torch state (threads, flushing denormals to zero): give the
-    rest of the test session its own back."""
-    threads = torch.get_num_threads()
-    flushing = torch.tensor([1e-40]).mul(1.0).item() == 0.0
-    yield
-    torch.set_num_threads(threads)
-    torch.set_flush_denormal(flushing)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import json
 import math
 
 import pytest
-import torch
 
 from vaelab import cli, rundir
 from vaelab.config import Config
@@ -17,14 +16,7 @@ from vaelab.sweep import combinations, parse_grid, plan, run_name, sweep
 from vaelab.train.trainer import train
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models on a shared 2-core machine: with one thread they run several times faster
-    (measured 12x on a loaded machine), since no thread waits for another at every op."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 TINY = ["data.name=mnist-sample", "data.limit=240", "model.hidden=24", "train.epochs=1", "train.batch_size=100",

@@ -20,7 +20,7 @@ EXIT_BAD_INPUT = 2
 COMMAND_MODULES: tuple[str, ...] = ("vaelab.report_cli", "vaelab.sweep")
 
 
-def _config_from_args(args) -> "Config":
+def _config_from_args(args):
     from .config import Config
     from .presets import load_preset
 

@@ -10,7 +10,7 @@ import torch
 from .config import DataConfig
 from .data import load_dataset
 from .errors import VaelabError
-from .pca import PCATransform, fit_pca
+from .pca import fit_pca
 from .transforms import Transform, make_transform
 
 SPLIT_SEED = 20140101  # the validation split is the same for every run of a dataset
