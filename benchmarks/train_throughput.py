@@ -36,9 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import base_parser, data_dir, machine, matmul_flops, median, sync, table  # noqa: E402
+from _common import base_parser, data_dir, machine, matmul_flops, median, table  # noqa: E402
 
-import vaelab  # noqa: E402
 from vaelab.presets import load_preset  # noqa: E402
 
 #: model name -> (preset, --set overrides); "mlp-512" is the 784-512-512-32 ReLU model of issue 6's anchors

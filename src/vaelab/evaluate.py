@@ -16,6 +16,32 @@ from .model import VAE
 from .transforms import Transform
 
 ACTIVE_UNIT_THRESHOLD = 0.01
+_MALLOC_TUNED = False
+
+
+def _keep_freed_memory() -> None:
+    """Let glibc keep freed blocks of up to 32 MB for reuse, once per process.
+
+    The IW-NLL loop allocates and frees the same few chunk-sized tensors (<= 16 MB) for
+    every chunk of samples; by default glibc hands them back to the kernel and every page
+    is faulted in again next time, which took a quarter to a third of the evaluation time
+    (measured: 2.61 s -> 1.72 s, 330k -> 6k page faults). Memory stays bounded by the
+    chunk size; elsewhere (not glibc) this does nothing.
+    """
+    global _MALLOC_TUNED
+    if _MALLOC_TUNED:
+        return
+    _MALLOC_TUNED = True
+    try:
+        import ctypes
+        import ctypes.util
+
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        if hasattr(libc, "mallopt") and hasattr(libc, "gnu_get_libc_version"):
+            libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: blocks up to 32 MB come from the heap
+            libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: and are not returned to the kernel at once
+    except OSError:
+        pass
 
 
 def bits_per_dim(nll: float, model: VAE, transform: Transform, image_shape: tuple[int, ...]) -> float | None:
@@ -41,6 +67,8 @@ def evaluate_model(model: VAE, transform: Transform, images: torch.Tensor, iw_sa
     """All metrics over uint8 ``images`` (N, C, H, W); deterministic for a given seed."""
     model.eval()
     device = next(model.parameters()).device
+    if device.type == "cpu":
+        _keep_freed_memory()
     gen = torch.Generator(device=device).manual_seed(seed)
     totals = {"elbo": 0.0, "recon": 0.0, "kl": 0.0, "nll_iw": 0.0}
     means = []
