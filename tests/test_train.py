@@ -1,7 +1,9 @@
 """Training on real data, the run directory contract, resume, evaluation."""
 
+import inspect
 import json
 import math
+import sys
 
 import pytest
 import torch
@@ -162,3 +164,16 @@ def test_data_limit_is_a_seeded_random_subset_across_classes():
     again, _ = limit_images(images, labels, 50)
     assert np.array_equal(small_images, again)
     assert limit_images(images, labels, 0)[1] is labels
+
+
+def test_vaelab_train_is_the_api_function_and_the_package_of_its_modules():
+    # `import a.b.c as x` looks up the attribute vaelab.train, so it must be the subpackage
+    import vaelab.train.callbacks as cb
+    import vaelab.train.trainer
+    from vaelab.train import schedules
+
+    assert cb.__name__ == "vaelab.train.callbacks" and schedules.__name__ == "vaelab.train.schedules"
+    assert vaelab.train.trainer is sys.modules["vaelab.train.trainer"]
+    # ... and calling it trains, with the documented signature
+    assert callable(vaelab.train)
+    assert list(inspect.signature(vaelab.train).parameters) == ["config", "out", "resume", "overwrite", "progress"]

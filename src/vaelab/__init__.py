@@ -5,10 +5,7 @@ __version__ = "0.1.0"
 from .config import Config  # noqa: E402
 from .errors import VaelabError  # noqa: E402
 
-# Import the vaelab.train subpackage now, so the function below is what the name
-# `vaelab.train` keeps: a later `import vaelab.train.x` finds the subpackage in sys.modules
-# and does not rebind the attribute.
-from . import train as _train_package  # noqa: E402,F401
+from . import train  # noqa: E402  the subpackage, callable: vaelab.train(config, out, ...) trains
 
 
 def load_dataset(name, split="train", data_dir=None, download=False, **kwargs):
@@ -16,16 +13,6 @@ def load_dataset(name, split="train", data_dir=None, download=False, **kwargs):
     from .data import load_dataset as _load
 
     return _load(name, split, data_dir=data_dir, download=download, **kwargs)
-
-
-def train(config, out, resume=False, overwrite=False, progress=True):
-    """Train ``config`` (a Config, or a preset name) into the run directory ``out``."""
-    from .presets import load_preset
-    from .train.trainer import train as _train
-
-    if isinstance(config, str):
-        config = load_preset(config)
-    return _train(config, out, resume=resume, overwrite=overwrite, progress=progress)
 
 
 def load_run(path, device="cpu", which="final"):
