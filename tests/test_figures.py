@@ -20,9 +20,9 @@ from PIL import Image
 
 from vaelab import figures
 from vaelab.cli import main
-from vaelab.config import Config
-from vaelab.diagnostics import (collapse_warning, decoder_z_sensitivity, diagnose_collapse, diagnose_training,
-                                instability_episodes, latent_activity)
+from vaelab.config import Config, TrainConfig
+from vaelab.diagnostics import (collapse_warmup, collapse_warning, decoder_z_sensitivity, diagnose_collapse,
+                                diagnose_training, instability_episodes, latent_activity)
 from vaelab.errors import VaelabError
 from vaelab.imagegrid import make_grid
 from vaelab.model import VAE
@@ -349,7 +349,7 @@ def test_decoder_ignoring_z_is_detected_in_report_and_log(run4d):
     # the training-time monitor warns once when it starts and once when it ends
     logged = []
     trainer = SimpleNamespace(model=model, data=SimpleNamespace(transform=run4d.transform), val_images=images,
-                              train_images=images, epoch=5, log=logged.append)
+                              train_images=images, epoch=5, log=logged.append, config=run4d.config)
     monitor = cb.CollapseMonitor()
     monitor.on_epoch_end(trainer, {})
     monitor.on_epoch_end(trainer, {})
@@ -357,6 +357,42 @@ def test_decoder_ignoring_z_is_detected_in_report_and_log(run4d):
     trainer.model = run4d.model
     monitor.on_epoch_end(trainer, {})
     assert len(logged) == 2 and "depend on z again" in logged[1]
+
+
+def test_collapse_is_not_judged_in_the_warm_up():
+    collapsed = {"beta": 1.0, "train_kl": 0.1, "val_kl": 0.1, "active_units": 0}
+    assert [collapse_warning({**collapsed, "epoch": e}) is None for e in (1, 2, 3, 4)] == [True, True, False, False]
+    # a KL-annealing schedule: not before its first rise has ended
+    linear = TrainConfig(kl_schedule="linear", warmup_epochs=10)
+    assert collapse_warning({**collapsed, "epoch": 9, "beta": 0.9}, linear) is None
+    assert collapse_warning({**collapsed, "epoch": 10}, linear) is not None
+    cyclical = TrainConfig(kl_schedule="cyclical", warmup_epochs=4, cycle_epochs=8)
+    assert collapse_warning({**collapsed, "epoch": 3, "beta": 0.75}, cyclical) is None
+    assert collapse_warning({**collapsed, "epoch": 9, "beta": 0.25}, cyclical) is not None  # a later rise is judged
+    ae_then_anneal = TrainConfig(kl_schedule="ae-then-anneal", beta=1.0)
+    assert collapse_warning({**collapsed, "epoch": 8, "beta": 0.5}, ae_then_anneal) is None
+    assert collapse_warning({**collapsed, "epoch": 8, "beta": 1.0}, ae_then_anneal) is not None
+
+
+def test_samples_independent_of_z_wait_for_the_warm_up_in_log_and_report(run4d):
+    images, _ = run4d.images("test")
+    model = load_run(run4d.path).model
+    _zero_z_weights(model)
+    logged = []
+    trainer = SimpleNamespace(model=model, data=SimpleNamespace(transform=run4d.transform), val_images=images,
+                              train_images=images, epoch=1, log=logged.append, config=run4d.config)
+    monitor = cb.CollapseMonitor()
+    for trainer.epoch in (1, 2):
+        monitor.on_epoch_end(trainer, {"beta": 1.0})
+    assert logged == []
+    trainer.epoch = 3
+    monitor.on_epoch_end(trainer, {"beta": 1.0})
+    assert len(logged) == 1 and logged[0].startswith("WARNING: samples independent of z at epoch 3")
+    # the report of a run that ended in the warm-up says what the log said: not yet a verdict
+    findings = diagnose_collapse(kl=3.0, active_units=4, latent_dim=4, z_sensitivity=0.0,
+                                 warmup=collapse_warmup(2, 1.0, run4d.config.train))
+    assert [f.level for f in findings] == ["warning"]
+    assert "too early" in findings[0].title and "samples are independent of z" in findings[0].text
 
 
 def test_latent_activity_counts_units_whose_mean_moves():

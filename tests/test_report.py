@@ -124,6 +124,12 @@ def test_collapse_and_nan_episodes_are_said_plainly(tmp_path_factory, tmp_path):
     first = next(m for m in run.model.decoder.modules() if isinstance(m, torch.nn.Linear))
     with torch.no_grad():
         first.weight.zero_()  # the decoder now ignores z
+    # two epochs are inside the warm-up: like the training log, the report gives no verdict yet
+    early = summarize_run(run, **FAST)
+    assert not early.collapsed and early.findings[0].title == "too early to judge collapse"
+    # one epoch more, and it is posterior collapse
+    rows.append({**rows[-1], "epoch": 3})
+    (copy / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     text = findings_html(summarize_run(run, **FAST).findings)  # the report's Diagnostics section
     assert 'class="finding collapse"' in text
     words = Page(text).words

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__
-from .diagnostics import Finding, decoder_z_sensitivity, diagnose_collapse, diagnose_training
+from .diagnostics import Finding, collapse_warmup, decoder_z_sensitivity, diagnose_collapse, diagnose_training
 from .errors import VaelabError
 
 CSS = """
@@ -126,8 +126,10 @@ def summarize_run(run, iw_samples: int = 100, limit: int = 0, probe_labels: int 
     z_sens = decoder_z_sensitivity(run.model, run.transform, images, seed=seed)
     rows = run.metrics()
     beta = rows[-1].get("beta", run.config.train.beta) if rows else run.config.train.beta
+    # the log judges no epoch of the warm-up; a run that ended inside it is not called collapsed here either
+    warmup = collapse_warmup(rows[-1].get("epoch", len(rows)), beta, run.config.train) if rows else None
     findings = diagnose_collapse(result["kl"], result["active_units"], run.config.model.latent_dim,
-                                 z_sens, beta=beta if beta is not None else 1.0)
+                                 z_sens, beta=beta if beta is not None else 1.0, warmup=warmup)
     findings += diagnose_training(rows)
     return Summary(run, result, latents, z_sens, findings)
 

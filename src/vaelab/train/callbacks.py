@@ -167,14 +167,17 @@ class TensorBoardLogger:
 class CollapseMonitor:
     """Warn in the log when the decoder's output stops depending on z (samples independent
     of z), once when it starts and once when it ends; the KL and active-unit checks are the
-    trainer's own per-epoch warning."""
+    trainer's own per-epoch warning. Neither judges the warm-up (diagnostics.collapse_warmup):
+    right after the first epoch a decoder has not yet started to use z."""
 
     def __init__(self):
         self.collapsed = False
 
     def on_epoch_end(self, trainer, row: dict) -> None:
-        from ..diagnostics import Z_SENSITIVITY_THRESHOLD, decoder_z_sensitivity
+        from ..diagnostics import Z_SENSITIVITY_THRESHOLD, collapse_warmup, decoder_z_sensitivity
 
+        if collapse_warmup(trainer.epoch, row.get("beta"), trainer.config.train):
+            return
         images = trainer.val_images if len(trainer.val_images) > 1 else trainer.train_images
         ratio = decoder_z_sensitivity(trainer.model, trainer.data.transform, images)
         collapsed = math.isfinite(ratio) and ratio < Z_SENSITIVITY_THRESHOLD
