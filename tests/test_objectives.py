@@ -219,6 +219,30 @@ def test_step_and_cosine_learning_rate_schedules(tmp_path):
     assert [r["lr"] for r in rows] == pytest.approx([1e-3 * (1 + math.cos(math.pi * e / 4)) / 2 for e in range(4)])
 
 
+def test_cosine_schedule_follows_the_epochs_of_a_resumed_run(tmp_path):
+    """Extended on resume from 2 to 4 epochs, the rate moves onto the 4-epoch curve; before,
+    the 2-epoch curve went on (0 at epoch 2, then up again)."""
+    out = train(tiny_config("train.lr_schedule=cosine", "train.epochs=2"), tmp_path / "run", progress=False,
+                callbacks=[])
+    train(tiny_config("train.lr_schedule=cosine", "train.epochs=4"), out, resume=True, progress=False, callbacks=[])
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+    def cosine(epoch: int, epochs: int) -> float:
+        return 1e-3 * (1 + math.cos(math.pi * epoch / epochs)) / 2
+
+    assert [r["lr"] for r in rows] == pytest.approx([cosine(0, 2), cosine(1, 2), cosine(2, 4), cosine(3, 4)])
+    assert "cosine learning-rate schedule now spans 4 epochs (was 2)" in (out / "train.log").read_text()
+
+
+def test_step_schedule_takes_a_new_period_on_resume(tmp_path):
+    out = train(tiny_config("train.lr_schedule=step", "train.lr_step_epochs=10"), tmp_path / "run",
+                progress=False, callbacks=[])
+    train(tiny_config("train.lr_schedule=step", "train.lr_step_epochs=3", "train.epochs=4"), out, resume=True,
+          progress=False, callbacks=[])
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in rows] == pytest.approx([1e-3, 1e-3, 1e-3, 5e-4])
+
+
 def test_plateau_schedule_lowers_the_rate_when_validation_stalls(tmp_path):
     # a rate so small that the validation loss cannot improve by torch's relative threshold
     # (1e-4): after patience // 2 = 1 epoch without improvement beyond that, the rate halves

@@ -121,6 +121,34 @@ def test_the_newest_checkpoints_are_kept_in_training_order(reference_run, tmp_pa
         "last-000002-s0000005.safetensors", "last-000002.safetensors"]
 
 
+class _StopAfter:
+    """A callback asking the trainer to stop (as a signal would) after ``epoch``."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_epoch_end(self, trainer, row):
+        if row["epoch"] == self.epoch:
+            trainer.stop_requested = "test stop"
+
+
+def test_unchanged_cosine_run_resumes_exactly(tmp_path):
+    """A checkpoint's lr schedule takes its length from the config (so a longer run follows
+    it); an unchanged config must still resume bit-identically."""
+    cosine = ("train.lr_schedule=cosine", "train.epochs=4")
+    recorder = _WeightsPerEpoch()
+    trainer_module.train(tiny_config(*cosine), tmp_path / "straight", progress=False, callbacks=[recorder])
+    out = tmp_path / "stopped"
+    with pytest.raises(KeyboardInterrupt):
+        trainer_module.train(tiny_config(*cosine), out, progress=False, callbacks=[_StopAfter(2)])
+    vaelab.train(tiny_config(*cosine), out, resume=True, progress=False)
+    tensors, _ = load_tensors(out / rundir.WEIGHTS)
+    assert_same_weights(tensors, recorder.weights[4])
+    straight = (tmp_path / "straight" / rundir.METRICS).read_text().splitlines()
+    resumed = (out / rundir.METRICS).read_text().splitlines()
+    assert [json.loads(line)["lr"] for line in resumed] == [json.loads(line)["lr"] for line in straight]
+
+
 # -- SIGINT / SIGTERM in-process at exact steps -------------------------------------------
 
 @pytest.mark.parametrize("sig,call,expected", [

@@ -67,6 +67,30 @@ def make_lr_scheduler(optimizer: torch.optim.Optimizer, t: TrainConfig):
     return None
 
 
+#: scheduler settings that come from the config, never from a checkpoint: a checkpoint says
+#: where the schedule stands (its epoch, the current rates, the plateau's best), the config
+#: what shape it has, so a resume with more epochs (or another step period) follows the config
+_FROM_CONFIG = ("T_max", "step_size", "gamma", "factor", "patience")
+
+
+def load_lr_state(scheduler, state: dict) -> None:
+    """Restore a checkpoint's lr-scheduler state under the current config's settings.
+
+    With an unchanged config this is the saved state exactly (a bit-identical resume). A
+    cosine schedule whose length changed moves the rate onto the new curve at this epoch,
+    lr = eta_min + (lr0 - eta_min) (1 + cos(pi epoch / epochs)) / 2: torch steps the cosine
+    rate recursively from the previous one, which would carry the old curve along (and, past
+    its end, back up).
+    """
+    scheduler.load_state_dict({k: v for k, v in state.items() if k not in _FROM_CONFIG})
+    if isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR) and state.get("T_max") != scheduler.T_max:
+        eta_min, progress = scheduler.eta_min, scheduler.last_epoch / scheduler.T_max
+        rates = [eta_min + (base - eta_min) * (1 + math.cos(math.pi * progress)) / 2 for base in scheduler.base_lrs]
+        for group, lr in zip(scheduler.optimizer.param_groups, rates):
+            group["lr"] = lr
+        scheduler._last_lr = rates
+
+
 class EarlyStopping:
     """Stop after ``patience`` epochs without an improvement of at least ``min_delta``."""
 

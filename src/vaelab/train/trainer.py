@@ -27,7 +27,7 @@ from ..errors import VaelabError
 from ..model import VAE
 from ..pipeline import SPLIT_SEED, PreparedData, prepare_data
 from . import checkpoint as ckpt
-from .schedules import EarlyStopping, KLSchedule, make_lr_scheduler
+from .schedules import EarlyStopping, KLSchedule, load_lr_state, make_lr_scheduler
 
 VAL_NOISE_SEED = 1234  # validation uses its own generator: it never moves training's RNG
 
@@ -173,7 +173,7 @@ class Trainer:
         self.model.load_state_dict(model_state)
         self.optimizer.load_state_dict(ckpt.unflatten_optimizer(tensors, meta["optimizer"]))
         if self.scheduler and meta.get("scheduler"):
-            self.scheduler.load_state_dict(meta["scheduler"])
+            load_lr_state(self.scheduler, meta["scheduler"])
         torch.set_rng_state(tensors["rng.global"])
         self.data_gen.set_state(tensors["rng.data"].to("cpu") if self.device.type == "cpu" else tensors["rng.data"])
         if "rng.cuda" in tensors and self.device.type == "cuda":
@@ -235,8 +235,16 @@ class Trainer:
         raise VaelabError(f"{self.out} has no usable checkpoint to resume from")
 
     def _apply_resume_overrides(self) -> None:
-        """A resumed run takes the settings given now (more epochs, a new lr) and records them."""
+        """A resumed run takes the settings given now (more epochs, a new lr) and records them.
+
+        The schedules already follow the current config: the lr scheduler's length and step
+        come from it (schedules.load_lr_state), the KL schedules are set in epochs.
+        """
         saved = Config.load(self.out / rundir.CONFIG)
+        t = self.config.train
+        if t.lr_schedule == "cosine" and saved.train.epochs != t.epochs:
+            self.log(f"cosine learning-rate schedule now spans {t.epochs} epochs (was {saved.train.epochs}): "
+                     f"lr {self.optimizer.param_groups[0]['lr']:.3g} after epoch {self.epoch}")
         if saved.train.lr != self.config.train.lr:
             for group in self.optimizer.param_groups:
                 group["lr"] = self.config.train.lr
