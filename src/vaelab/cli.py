@@ -195,8 +195,26 @@ def cmd_data(args) -> int:
         for line in data.check_dataset(args.name, args.data_dir):
             print(line)
         return 0
+    if args.action == "prepare":
+        return _prepare_stores(args)
     path = data.download_dataset(args.name, args.data_dir)
     print(f"{args.name}: ready in {path}")
+    return 0
+
+
+def _prepare_stores(args) -> int:
+    import time
+
+    from . import data
+    from .data.store import prepare_store
+
+    for split in [args.split] if args.split else data.splits(args.name):
+        start = time.perf_counter()
+        folder, written = prepare_store(args.name, split, args.data_dir, download=args.download,
+                                        image_size=args.image_size, channels=args.channels, force=args.force)
+        size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file()) / 2**20
+        what = f"written in {time.perf_counter() - start:.1f} s" if written else "already prepared, checksums verified"
+        print(f"{args.name} {split}: store {folder} ({size:,.0f} MiB), {what}")
     return 0
 
 
@@ -283,10 +301,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("data", help="list, check or download datasets")
-    p.add_argument("action", choices=("list", "check", "download"))
+    p = sub.add_parser("data", help="list, check, download datasets, or prepare a memory-mapped store")
+    p.add_argument("action", choices=("list", "check", "download", "prepare"))
     p.add_argument("name", nargs="?")
     p.add_argument("--data-dir")
+    p.add_argument("--split", help="prepare: one split (default: every split)")
+    p.add_argument("--image-size", type=int, help="prepare a folder: resize to this square side")
+    p.add_argument("--channels", type=int, help="prepare a folder: 1 (grey) or 3 (RGB)")
+    p.add_argument("--download", action="store_true", help="prepare: download the dataset if missing")
+    p.add_argument("--force", action="store_true", help="prepare: write the store even if an intact one is there")
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("presets", help="list the presets")

@@ -26,6 +26,7 @@ EARLY_STOPPING = ("none", "val", "train")
 NAN_POLICIES = ("raise", "skip", "rollback")
 AUTOCAST = ("off", "bf16")
 LAYOUTS = ("auto", "on", "off")
+STORES = ("memory", "memmap")
 
 
 @dataclass
@@ -33,13 +34,15 @@ class DataConfig:
     name: str = "mnist"
     data_dir: str | None = None  # None: $VAELAB_DATA, else the per-user cache
     download: bool = False
+    store: str = "memory"  # memory: load the split; memmap: read its prepared store (vaelab data prepare)
+    train_split: str = "train"  # the split trained on; validation is held out of it
     transform: str = "binarize-dynamic"
     val_fraction: float = 0.1  # held out of train for validation
     limit: int = 0  # use only a fixed random subset of N training images (0: all); for smoke runs
     image_size: int | None = None  # folder datasets: resize to this square side
     channels: int | None = None  # folder datasets: 1 (grey) or 3 (RGB)
     pca_components: int = 500
-    pca_fit_images: int = 10000  # shuffled training images the PCA is fitted on (0: all, incrementally)
+    pca_fit_images: int = 10000  # shuffled training images the PCA is fitted on (0: all, a chunk at a time)
     pca_whiten: bool = False
 
 
@@ -160,6 +163,12 @@ class Config:
         d, m, t = self.data, self.model, self.train
         _all_finite(self)
         _choice("data.transform", d.transform, TRANSFORMS)
+        _choice("data.store", d.store, STORES)
+        if not (isinstance(d.train_split, str) and d.train_split.strip()):
+            raise VaelabError(f"data.train_split must name a split such as train or extra, got {d.train_split!r}")
+        if d.store == "memmap" and d.transform == "binarize-static":
+            raise VaelabError("data.transform=binarize-static draws the whole split at once in memory: with "
+                              "data.store=memmap use binarize-dynamic (or data.store=memory)")
         _range("data.val_fraction", d.val_fraction, 0.0, 0.9)
         _at_least("data.limit", d.limit, 0)
         if d.image_size is not None:

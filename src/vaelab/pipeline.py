@@ -9,6 +9,7 @@ import torch
 
 from .config import DataConfig
 from .data import load_dataset
+from .data.store import MappedImages, open_store
 from .errors import VaelabError
 from .pca import fit_pca
 from .transforms import Transform, make_transform
@@ -18,8 +19,8 @@ SPLIT_SEED = 20140101  # the validation split is the same for every run of a dat
 
 @dataclass
 class PreparedData:
-    train: torch.Tensor  # uint8 (N, C, H, W)
-    val: torch.Tensor  # uint8 (M, C, H, W), held out of train
+    train: torch.Tensor | MappedImages  # uint8 (N, C, H, W); MappedImages with data.store=memmap
+    val: torch.Tensor | MappedImages  # uint8 (M, C, H, W), held out of train
     train_labels: torch.Tensor
     val_labels: torch.Tensor
     transform: Transform
@@ -28,20 +29,29 @@ class PreparedData:
 
 
 def load_images(data: DataConfig, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """A split's uint8 images and labels: in memory, or with data.store=memmap a read-only
+    memory map of its prepared store (`vaelab data prepare`)."""
+    if data.store == "memmap":
+        return open_store(data.name, split, data.data_dir, data.image_size, data.channels)
     dataset = load_dataset(data.name, split, data_dir=data.data_dir, download=data.download,
                            image_size=data.image_size, channels=data.channels)
     return dataset.images, dataset.labels
 
 
-def limit_images(images: np.ndarray, labels: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
-    """A fixed, seeded subset of ``limit`` images (0: all), in their original order.
+def limit_rows(n: int, limit: int) -> np.ndarray | None:
+    """Sorted rows of a fixed, seeded subset of ``limit`` of n images (None: all of them).
 
     Random rather than the first N, since many folders are sorted by class.
     """
-    if not limit or limit >= len(images):
-        return images, labels
-    keep = np.sort(np.random.default_rng(SPLIT_SEED).choice(len(images), size=limit, replace=False))
-    return images[keep], labels[keep]
+    if not limit or limit >= n:
+        return None
+    return np.sort(np.random.default_rng(SPLIT_SEED).choice(n, size=limit, replace=False))
+
+
+def limit_images(images: np.ndarray, labels: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """A fixed, seeded subset of ``limit`` images (0: all), in their original order."""
+    rows = limit_rows(len(images), limit)
+    return (images, labels) if rows is None else (images[rows], labels[rows])
 
 
 def split_train_val(n: int, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
@@ -51,42 +61,57 @@ def split_train_val(n: int, val_fraction: float) -> tuple[np.ndarray, np.ndarray
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
+def train_val_rows(data: DataConfig, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of the n-image training split that a run trains on and holds out (after data.limit)."""
+    rows = limit_rows(n, data.limit)
+    train, val = split_train_val(n if rows is None else len(rows), data.val_fraction)
+    return (train, val) if rows is None else (rows[train], rows[val])
+
+
 def prepare_data(data: DataConfig, seed: int = 0, transform: Transform | None = None) -> PreparedData:
     """Load the training split, hold out validation, fit the transform (PCA) if needed.
 
-    ``transform`` is passed when resuming, so a fitted PCA is reused, never refitted.
+    ``transform`` is passed when resuming, so a fitted PCA is reused, never refitted. With
+    data.store=memmap nothing is copied: train and val gather their rows from the map.
     """
-    images, labels = limit_images(*load_images(data, "train"), data.limit)
-    train_idx, val_idx = split_train_val(len(images), data.val_fraction)
-    if len(train_idx) == 0:
+    images, labels = load_images(data, data.train_split)
+    train_rows, val_rows = train_val_rows(data, len(images))
+    if len(train_rows) == 0:
         raise VaelabError(f"no training images left after holding out data.val_fraction={data.val_fraction} "
-                          f"of {len(images)}")
+                          f"of {len(train_rows) + len(val_rows)}")
     if transform is None:
-        if data.transform == "pca":
-            transform = fit_pca(images[train_idx], data.pca_components, data.pca_fit_images,
+        if data.transform == "pca":  # read a chunk of rows at a time, never copied whole
+            transform = fit_pca(MappedImages(images, train_rows), data.pca_components, data.pca_fit_images,
                                 data.pca_whiten, seed=seed)
         else:
             transform = make_transform(data.transform)
-    images = transform.prepare(images, seed=SPLIT_SEED)
+    if data.store == "memmap":  # config validation keeps transforms that rewrite the split off this path
+        train, val = MappedImages(images, train_rows), MappedImages(images, val_rows)
+    else:
+        images = transform.prepare(images, seed=SPLIT_SEED)
+        train, val = torch.from_numpy(images[train_rows]), torch.from_numpy(images[val_rows])
     image_shape = tuple(images.shape[1:])
     return PreparedData(
-        train=torch.from_numpy(np.ascontiguousarray(images[train_idx])),
-        val=torch.from_numpy(np.ascontiguousarray(images[val_idx])),
-        train_labels=torch.from_numpy(labels[train_idx].astype(np.int64)),
-        val_labels=torch.from_numpy(labels[val_idx].astype(np.int64)),
+        train=train, val=val,
+        train_labels=torch.from_numpy(labels[train_rows].astype(np.int64)),
+        val_labels=torch.from_numpy(labels[val_rows].astype(np.int64)),
         transform=transform, image_shape=image_shape,
         event_shape=transform.event_shape(image_shape))
 
 
-def eval_images(data: DataConfig, split: str, transform: Transform) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 images and labels of a split for evaluation; 'val' is the held-out part of train."""
+def eval_images(data: DataConfig, split: str, transform: Transform) -> tuple[torch.Tensor | MappedImages, torch.Tensor]:
+    """uint8 images and labels of a split for evaluation; 'val' is the held-out part of the
+    training split. With data.store=memmap the images are read batch by batch from the store."""
+    images, labels = load_images(data, data.train_split if split == "val" else split)
+    rows = None
     if split == "val":
-        images, labels = limit_images(*load_images(data, "train"), data.limit)
-        _, idx = split_train_val(len(images), data.val_fraction)
-        if len(idx) == 0:
+        _, rows = train_val_rows(data, len(images))
+        if len(rows) == 0:
             raise VaelabError("this run held out no validation images (data.val_fraction=0): use --split test")
-        images, labels = images[idx], labels[idx]
-    else:
-        images, labels = load_images(data, split)
+        labels = labels[rows]
+    if data.store == "memmap":
+        return MappedImages(images, rows), torch.from_numpy(labels.astype(np.int64))
+    if rows is not None:
+        images = images[rows]
     images = transform.prepare(images, seed=SPLIT_SEED + 1)
     return torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(labels.astype(np.int64))

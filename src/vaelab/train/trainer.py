@@ -1,7 +1,8 @@
 """The training loop: batches from uint8 images, the objective, schedules, validation,
 checkpoints that allow an exact resume, early stopping and the NaN guard.
 
-Kept lean on the hot path: data stay uint8 on the device and are converted per batch; the
+Kept lean on the hot path: data stay uint8 on the device (a memory-mapped store, on the
+host: each batch is gathered and moved) and are converted per batch; the
 loop adds no host sync beyond the loss check that the NaN guard needs, and nothing per
 step that is not the model's own arithmetic.
 """
@@ -103,8 +104,8 @@ class Trainer:
         self.data: PreparedData = prepare_data(cfg.data, seed=t.seed, transform=transform)
         if hasattr(self.data.transform, "to"):
             self.data.transform.to(self.device)
-        self.train_images = self.data.train.to(self.device)
-        self.val_images = self.data.val.to(self.device)
+        self.train_images = _resident(self.data.train, self.device)
+        self.val_images = _resident(self.data.val, self.device)
         self.model = VAE(cfg.model, self.data.event_shape).to(self.device)
         self.channels_last = t.channels_last == "on" or (
             t.channels_last == "auto" and "conv" in (cfg.model.encoder, cfg.model.decoder))
@@ -290,7 +291,7 @@ class Trainer:
                          f"{cfg.data.name}, event shape {self.data.event_shape}, "
                          f"{sum(p.numel() for p in self.model.parameters()):,} parameters")
                 if cfg.data.transform == "pca":
-                    quality = self.data.transform.quality(self.data.val.numpy() if len(self.data.val) else self.data.train.numpy())
+                    quality = self.data.transform.quality(self.data.val if len(self.data.val) else self.data.train)
                     self.log("PCA: " + ", ".join(f"{k}={v:.4g}" for k, v in quality.items()))
             if cfg.train.nan_policy == "rollback":
                 self.good_state = self._snapshot()
@@ -415,7 +416,7 @@ class Trainer:
                     bar.close()
                 return None
             idx = order[step * t.batch_size:(step + 1) * t.batch_size]
-            x = transform(self.train_images[idx], generator=self.data_gen)
+            x = transform(self.train_images[idx].to(self.device), generator=self.data_gen)
             if self.channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             beta = self.kl_schedule.beta_at(self.epoch + step / self.steps_per_epoch)
@@ -559,7 +560,7 @@ class Trainer:
         means, stds, kl_dims = [], [], torch.zeros(model.latent_dim, device=self.device, dtype=torch.float64)
         batch = 1000
         for i, start in enumerate(range(0, len(self.val_images), batch)):
-            x = transform.fixed(self.val_images[start:start + batch], seed=SPLIT_SEED + i)
+            x = transform.fixed(self.val_images[start:start + batch].to(self.device), seed=SPLIT_SEED + i)
             q = model.encode(x)
             params = model.decode(q.rsample(gen))
             recon = -model.likelihood.log_prob(params, x)
@@ -613,6 +614,12 @@ class Trainer:
         tensors.update(self.data.transform.state())
         ckpt.save_tensors(self.out / rundir.WEIGHTS, tensors, {"epoch": self.epoch, "vaelab": __version__})
         self.log(f"done: {self.epoch} epochs; weights in {self.out / rundir.WEIGHTS}")
+
+
+def _resident(images, device: torch.device):
+    """In-memory uint8 data move to the device once (a GPU holds most datasets); a
+    memory-mapped store (MappedImages) stays on the host and each batch moves on its own."""
+    return images.to(device) if isinstance(images, torch.Tensor) else images
 
 
 def _finite_or_null(row: dict) -> dict:
