@@ -82,12 +82,16 @@ def test_gzip_header_only_garbage(tmp_path):
         load_dataset("mnist", data_dir=tmp_path)
 
 
+def _train_images(tmp_path, gz: bool):
+    """Write a valid dataset (gzipped or not); return the path of its training images, to spoil."""
+    make_idx_dataset(tmp_path, gz=gz)
+    return tmp_path / "mnist" / ("train-images-idx3-ubyte" + (".gz" if gz else ""))
+
+
 @pytest.mark.parametrize("gz", [True, False])
 def test_wrong_magic(tmp_path, gz):
-    make_idx_dataset(tmp_path, gz=gz)
-    images = np.zeros((30, 28, 28), np.uint8)
-    name = "train-images-idx3-ubyte" + (".gz" if gz else "")
-    write_idx(tmp_path / "mnist" / name, images, gz=gz, magic=2049, dims=(30, 28, 28))
+    path = _train_images(tmp_path, gz)
+    write_idx(path, np.zeros((30, 28, 28), np.uint8), gz=gz, magic=2049, dims=(30, 28, 28))
     with pytest.raises(VaelabError, match="magic number 2049, expected 2051"):
         load_dataset("mnist", data_dir=tmp_path)
 
@@ -109,22 +113,18 @@ def test_count_mismatch(tmp_path):
 
 @pytest.mark.parametrize("gz", [True, False])
 def test_size_does_not_match_header(tmp_path, gz):
-    make_idx_dataset(tmp_path, gz=gz)
-    images = np.zeros((30, 28, 28), np.uint8)
-    name = "train-images-idx3-ubyte" + (".gz" if gz else "")
-    data = idx_bytes(images)
+    path = _train_images(tmp_path, gz)
+    data = idx_bytes(np.zeros((30, 28, 28), np.uint8))
     for bad in (data[:-1], data + b"\0"):  # one byte short, one byte extra
-        (tmp_path / "mnist" / name).write_bytes(gzip.compress(bad) if gz else bad)
+        path.write_bytes(gzip.compress(bad) if gz else bad)
         with pytest.raises(VaelabError, match="train-images"):
             load_dataset("mnist", data_dir=tmp_path)
 
 
 @pytest.mark.parametrize("gz", [True, False])
 def test_huge_declared_count_fails_fast_without_allocating(tmp_path, gz):
-    make_idx_dataset(tmp_path, gz=gz)
-    name = "train-images-idx3-ubyte" + (".gz" if gz else "")
-    tiny = np.zeros((2, 28, 28), np.uint8)
-    write_idx(tmp_path / "mnist" / name, tiny, gz=gz, dims=(2**31, 28, 28))  # declares 1.7 TB
+    path = _train_images(tmp_path, gz)
+    write_idx(path, np.zeros((2, 28, 28), np.uint8), gz=gz, dims=(2**31, 28, 28))  # declares 1.7 TB
     tracemalloc.start()
     start = time.perf_counter()
     try:

@@ -9,8 +9,10 @@ Units: every ``log_prob`` is in nats per example, SUMMED over the dimensions of 
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -453,54 +455,56 @@ def _check_event_shape(event_shape) -> tuple[int, ...]:
     return tuple(int(d) for d in shape)
 
 
-def build_likelihood(
-    name: str,
-    event_shape: tuple[int, ...],
-    *,
-    variance: str = "fixed",
-    sigma: float = 1.0,
-    variance_eps: float = 1e-4,
-    logvar_init_bias: float = 0.0,
-    variance_l2: float = 0.0,
-    sigmoid_mean: bool = False,
-    n_mixtures: int = 5,
-) -> Likelihood:
+def _gaussian_settings(settings: dict) -> SimpleNamespace:
+    """``settings`` completed with :class:`Gaussian`'s defaults: its signature is the one list
+    of these settings, so the factory below cannot drift from it (an unknown name is a
+    TypeError, as in any call)."""
+    bound = inspect.signature(Gaussian).bind_partial(**settings)
+    bound.apply_defaults()
+    return SimpleNamespace(**bound.arguments)
+
+
+def build_likelihood(name: str, event_shape: tuple[int, ...], *, n_mixtures: int = 5, **gaussian) -> Likelihood:
     """The observation model called ``name`` for examples of shape ``event_shape``.
 
-    Numeric settings are range-checked always and ignored where they do not apply (``sigma``
-    outside variance="fixed", ``n_mixtures`` outside the mixture). Settings that change the
-    model (``variance`` other than "fixed", ``sigmoid_mean``, ``variance_l2``) raise where they
+    ``gaussian`` are :class:`Gaussian`'s keyword settings (variance, sigma, variance_eps,
+    logvar_init_bias, variance_l2, sigmoid_mean), with its defaults. Numeric settings are
+    range-checked always and ignored where they do not apply (``sigma`` outside
+    variance="fixed", ``n_mixtures`` outside the mixture). Settings that change the model
+    (``variance`` other than "fixed", ``sigmoid_mean``, ``variance_l2``) raise where they
     would be silently ignored.
     """
     if name not in LIKELIHOODS:
         raise VaelabError(f"unknown likelihood {name!r}; choose one of: {', '.join(LIKELIHOODS)}")
-    if variance not in VARIANCES:
-        raise VaelabError(f"unknown variance {variance!r}; choose one of: {', '.join(VARIANCES)}")
+    g = _gaussian_settings(gaussian)
+    if g.variance not in VARIANCES:
+        raise VaelabError(f"unknown variance {g.variance!r}; choose one of: {', '.join(VARIANCES)}")
     shape = _check_event_shape(event_shape)
-    if not (_is_real(sigma) and math.isfinite(sigma) and sigma > 0):
-        raise VaelabError(f"sigma must be a finite number > 0, got {sigma!r}; e.g. sigma = 1.0")
-    if not (_is_real(variance_eps) and math.isfinite(variance_eps) and variance_eps >= 0):
-        raise VaelabError(f"variance_eps must be a finite number >= 0, got {variance_eps!r}; e.g. variance_eps = 1e-4")
-    if not (_is_real(variance_l2) and math.isfinite(variance_l2) and variance_l2 >= 0):
-        raise VaelabError(f"variance_l2 must be a finite number >= 0, got {variance_l2!r}; use 0 to turn it off")
-    if not (_is_real(logvar_init_bias) and math.isfinite(logvar_init_bias)):
-        raise VaelabError(f"logvar_init_bias must be a finite number, got {logvar_init_bias!r}; e.g. 0.0")
+    if not (_is_real(g.sigma) and math.isfinite(g.sigma) and g.sigma > 0):
+        raise VaelabError(f"sigma must be a finite number > 0, got {g.sigma!r}; e.g. sigma = 1.0")
+    if not (_is_real(g.variance_eps) and math.isfinite(g.variance_eps) and g.variance_eps >= 0):
+        raise VaelabError(f"variance_eps must be a finite number >= 0, got {g.variance_eps!r}; "
+                          f"e.g. variance_eps = 1e-4")
+    if not (_is_real(g.variance_l2) and math.isfinite(g.variance_l2) and g.variance_l2 >= 0):
+        raise VaelabError(f"variance_l2 must be a finite number >= 0, got {g.variance_l2!r}; use 0 to turn it off")
+    if not (_is_real(g.logvar_init_bias) and math.isfinite(g.logvar_init_bias)):
+        raise VaelabError(f"logvar_init_bias must be a finite number, got {g.logvar_init_bias!r}; e.g. 0.0")
     if isinstance(n_mixtures, bool) or not isinstance(n_mixtures, numbers.Integral) or n_mixtures < 1:
         raise VaelabError(f"n_mixtures must be an integer >= 1, got {n_mixtures!r}; e.g. n_mixtures = 5")
 
     if name != "gaussian":
-        if variance != "fixed":
+        if g.variance != "fixed":
             raise VaelabError(
-                f"variance={variance!r} applies only to the gaussian likelihood, not {name!r}; "
+                f"variance={g.variance!r} applies only to the gaussian likelihood, not {name!r}; "
                 f"remove it or use likelihood 'gaussian'"
             )
-        if sigmoid_mean:
+        if g.sigmoid_mean:
             raise VaelabError(f"sigmoid_mean applies only to the gaussian likelihood, not {name!r}; set it to false")
-        if variance_l2 > 0:
+        if g.variance_l2 > 0:
             raise VaelabError(
                 f"variance_l2 applies only to a gaussian with a learned variance, not {name!r}; set it to 0"
             )
-    elif variance == "fixed" and variance_l2 > 0:
+    elif g.variance == "fixed" and g.variance_l2 > 0:
         raise VaelabError(
             "variance_l2 needs a learned variance but variance='fixed'; set variance_l2 = 0 or choose one of: "
             + ", ".join(v for v in VARIANCES if v != "fixed")
@@ -511,15 +515,7 @@ def build_likelihood(
     if name == "continuous-bernoulli":
         return ContinuousBernoulli(shape)
     if name == "gaussian":
-        return Gaussian(
-            shape,
-            variance=variance,
-            sigma=float(sigma),
-            variance_eps=float(variance_eps),
-            logvar_init_bias=float(logvar_init_bias),
-            variance_l2=float(variance_l2),
-            sigmoid_mean=bool(sigmoid_mean),
-        )
+        return Gaussian(shape, **vars(g))  # Gaussian converts the numbers to float and bool itself
     if name == "discretized-logistic":
         return DiscretizedLogistic(shape)
     return DiscretizedLogisticMixture(shape, n_mixtures=int(n_mixtures))
