@@ -177,3 +177,29 @@ def test_vaelab_train_is_the_api_function_and_the_package_of_its_modules():
     # ... and calling it trains, with the documented signature
     assert callable(vaelab.train)
     assert list(inspect.signature(vaelab.train).parameters) == ["config", "out", "resume", "overwrite", "progress"]
+
+
+def test_fast_bernoulli_matches_u_over_255_for_every_level():
+    from scipy.stats import chisquare
+
+    from vaelab.transforms import bernoulli_u8
+
+    levels = torch.arange(256, dtype=torch.uint8)
+    # the exact probability of each level, from the sampler's construction
+    exact = torch.tensor([-(-u * (1 << 21) // 255) / (1 << 21) for u in range(256)], dtype=torch.float64)
+    assert (exact - levels.double() / 255).abs().max() < 5e-7
+    g = torch.Generator().manual_seed(3)
+    reps = 4000
+    x = bernoulli_u8(levels.repeat(reps).view(reps, 1, 16, 16), generator=g)
+    assert x.shape == (reps, 1, 16, 16) and x.dtype == torch.float32
+    ones = x.view(reps, 256).sum(0).double()
+    assert ones[0] == 0 and ones[255] == reps  # u = 0 and 255 are certain
+    # every level at once: ones ~ Binomial(reps, u/255); a chi-square test on the 254 random levels
+    p = levels[1:255].double() / 255
+    observed = torch.stack([ones[1:255], reps - ones[1:255]])
+    expected = torch.stack([reps * p, reps * (1 - p)])
+    assert chisquare(observed.flatten().numpy(), expected.flatten().numpy(), ddof=0).pvalue > 1e-4
+    # seeded: the same generator state gives the same draw; odd sizes are covered exactly
+    odd = torch.full((7, 1, 1, 1), 128, dtype=torch.uint8)
+    a = bernoulli_u8(odd, torch.Generator().manual_seed(5))
+    assert torch.equal(a, bernoulli_u8(odd, torch.Generator().manual_seed(5))) and a.shape == odd.shape

@@ -44,6 +44,29 @@ class Transform:
         return {}
 
 
+#: bits of randomness per pixel in :func:`bernoulli_u8`; three fields fill the 63 random
+#: bits of one int64 draw
+_FIELD_BITS = 21
+_FIELD_MASK = (1 << _FIELD_BITS) - 1
+
+
+def bernoulli_u8(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """x ~ Bernoulli(u / 255) for uint8 ``images`` u, as float32 0/1.
+
+    torch.bernoulli draws one 32-bit Mersenne-Twister number per pixel, one at a time, and
+    was the largest cost of a training step after the matmuls and the optimizer (measured:
+    1.3 ms for a 128 x 784 batch on one thread, 3x this). Here each int64 draw (63 random
+    bits) gives three 21-bit uniforms f, and x = [floor(f * 255 / 2^21) < u], so
+    P(x = 1) = ceil(u * 2^21 / 255) / 2^21: within 5e-7 of u / 255 for every u, and exact
+    for u = 0 and 255.
+    """
+    n = images.numel()
+    words = torch.empty((n + 2) // 3, dtype=torch.int64, device=images.device).random_(generator=generator)
+    fields = torch.stack((words & _FIELD_MASK, (words >> _FIELD_BITS) & _FIELD_MASK, words >> 2 * _FIELD_BITS), 1)
+    below = (fields.view(-1)[:n] * 255 >> _FIELD_BITS) < images.reshape(-1)
+    return below.view(images.shape).to(torch.float32)
+
+
 class DynamicBinarize(Transform):
     """A fresh Bernoulli draw per batch with p = u / 255 (Salakhutdinov & Murray)."""
 
@@ -51,7 +74,7 @@ class DynamicBinarize(Transform):
     pixel_log_jacobian = None  # binary data: nats per image, no bits/dim of 8-bit pixels
 
     def __call__(self, images, generator=None):
-        return torch.bernoulli(images.float().div_(255.0), generator=generator)
+        return bernoulli_u8(images, generator)
 
     def fixed(self, images, seed=0):
         # one draw with a fixed seed, independent of training, so evaluations compare
