@@ -14,14 +14,17 @@ import types
 
 
 class _CallableModule(types.ModuleType):
-    def __call__(self, config, out, resume=False, overwrite=False, progress=True):
-        """Train ``config`` (a Config, or a preset name) into the run directory ``out``; returns its path."""
+    def __call__(self, config, out, resume=False, overwrite=False, progress=True, callbacks=None):
+        """Train ``config`` (a Config, or a preset name) into the run directory ``out``; returns its path.
+
+        ``callbacks``: objects with any of the Trainer's hooks (vaelab.train.callbacks).
+        """
         from ..presets import load_preset
         from .trainer import train
 
         if isinstance(config, str):
             config = load_preset(config)
-        return train(config, out, resume=resume, overwrite=overwrite, progress=progress)
+        return train(config, out, resume=resume, overwrite=overwrite, progress=progress, callbacks=callbacks)
 
 
 sys.modules[__name__].__class__ = _CallableModule
