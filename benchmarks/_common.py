@@ -114,3 +114,93 @@ def table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+class MemorySampler:
+    """Peak resident memory of this process by kind, from /proc/self/status (Linux).
+
+    VmRSS (and its kernel-kept peak VmHWM, which ``peak_rss_mb`` reads too) counts the
+    touched pages of a memory-mapped file (RssFile: file-backed, clean, dropped by the
+    kernel under memory pressure) as well as anonymous memory (RssAnon: heap and tensors,
+    what the process really needs). A thread samples RssAnon and RssFile every ``interval``
+    seconds, so a peak shorter than that can be missed; VmHWM misses nothing.
+    """
+
+    FIELDS = ("VmHWM", "VmRSS", "RssAnon", "RssFile")
+
+    def __init__(self, interval: float = 0.05):
+        import threading
+
+        self.interval = interval
+        self.peaks = dict.fromkeys(self.FIELDS, 0.0)
+        self.start = self.read()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @classmethod
+    def read(cls) -> dict[str, float]:
+        """The fields now, MiB (empty where /proc is absent)."""
+        try:
+            lines = Path("/proc/self/status").read_text().splitlines()
+        except OSError:
+            return {}
+        values = {}
+        for line in lines:
+            key, _, rest = line.partition(":")
+            if key in cls.FIELDS:
+                values[key] = int(rest.split()[0]) / 1024  # kB
+        return values
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._update()
+
+    def _update(self) -> None:
+        for key, value in self.read().items():
+            self.peaks[key] = max(self.peaks[key], value)
+
+    def __enter__(self) -> "MemorySampler":
+        self._update()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self._stop.set()
+        self._thread.join()
+        self._update()
+        return False
+
+    def report(self) -> dict[str, float]:
+        """Peaks and the starting anonymous memory (the interpreter and its imports), MiB."""
+        return {"peak_rss_mb": self.peaks["VmHWM"], "peak_anon_mb": self.peaks["RssAnon"],
+                "peak_file_mb": self.peaks["RssFile"], "anon_before_mb": self.start.get("RssAnon", float("nan"))}
+
+
+def cifar_as_svhn(data: str | Path, n: int, chunk: int = 8192):
+    """(images, labels) chunks of n 32x32 RGB images: SVHN's size from CIFAR-10's JPEGs.
+
+    SVHN is not available here. The 50,000 CIFAR-10 training images come first, then their
+    mirror images, then both rolled by one pixel right, down, left, up and diagonally
+    (wrapping around), in that order, until n images are made: up to 600,000 distinct ones.
+    """
+    import numpy as np
+
+    from vaelab.data import load_dataset
+
+    cifar = load_dataset(f"folder:{Path(data) / 'cifar10' / 'train'}", "train")
+    images, labels = cifar.images, cifar.labels
+    shifts = [(0, 0), (0, 1), (1, 0), (0, -1), (-1, 0), (1, 1)]
+    done = 0
+    for dy, dx in shifts:
+        for flip in (False, True):
+            variant = images[:, :, :, ::-1] if flip else images
+            if (dy, dx) != (0, 0):
+                variant = np.roll(variant, (dy, dx), axis=(2, 3))
+            for start in range(0, len(variant), chunk):
+                take = min(chunk, len(variant) - start, n - done)
+                if take <= 0:
+                    return
+                yield np.ascontiguousarray(variant[start:start + take]), labels[start:start + take]
+                done += take
+    if done < n:
+        raise ValueError(f"cifar_as_svhn makes at most {done} images, {n} were asked for")
