@@ -135,6 +135,12 @@ class ReferenceLoop:
         self.rates.append(rate)
         return rate
 
+    def denormal_state(self) -> tuple[int, int]:
+        """(denormal values, all values) in Adam's running averages: the issue's slowdown source."""
+        tiny = torch.finfo(torch.float32).tiny
+        values = [s[k] for s in self.opt.state.values() for k in ("exp_avg", "exp_avg_sq")]
+        return (sum(int(((v != 0) & (v.abs() < tiny)).sum()) for v in values), sum(v.numel() for v in values))
+
     def flops_per_image(self) -> float:
         from torch.utils.flop_counter import FlopCounterMode
 
@@ -198,6 +204,10 @@ def measure(model: str, batch: int, epochs: int, refs: list[str], data: str | No
         train(config, out, progress=False, callbacks=[probe])
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     vaelab_rates = [r["images_per_s"] for r in rows]
+    for ref in probe.refs:
+        denormal, total = ref.denormal_state()
+        print(f"  {ref.name} loop after {epochs} epochs: {denormal:,} of {total:,} Adam state values are denormal",
+              flush=True)
     flops = probe.refs[0].flops_per_image() if probe.refs else float("nan")
     return (vaelab_rates, {r.name: r.rates for r in probe.refs}, flops, probe.peaks,
             probe.cpu_rates, {r.name: r.cpu_rates for r in probe.refs})
