@@ -26,7 +26,7 @@ TESTS = REPO / "tests"
 
 OWN = ["test_resume.py", "test_nan_guard.py", "test_checkpoint_safety.py", "test_run_lock.py",
        "test_config_fuzz.py"]
-DATA = ["test_data_download.py", "test_data_cifar.py", "test_data_idx.py", "test_data_fuzz.py"]
+DATA = ["test_data_download.py", "test_data_cifar.py", "test_data_idx.py", "test_data_fuzz.py", "test_store.py"]
 
 # (fault injected, outcome required, tests: "file::name prefix")
 ROWS = [
@@ -132,6 +132,13 @@ DATA_ROWS = [
      ["test_data_idx.py::test_huge_declared_count", "test_data_idx.py::test_huge_dimensions"]),
     ("reader fuzz: IDX, .mat, CIFAR batch, image folder ({FUZZ_EXAMPLES} inputs per test)",
      "a Dataset or a one-line VaelabError", ["test_data_fuzz.py::"]),
+    ("memory-mapped store (data.store=memmap) truncated, its .npy header broken, store.json unreadable, "
+     "missing (a half-written store) or the store absent",
+     "training refused: one line naming `vaelab data prepare`, exit 2, no run directory left",
+     ["test_store.py::test_missing_half_written_or_damaged_stores_are_refused_in_one_line"]),
+    ("a byte of a store flipped (same size); a store write interrupted, short of images or short of disk",
+     "checksum mismatch found and the store rewritten by `vaelab data prepare`; no store and no temp file left",
+     ["test_store.py::test_flipped_bytes_fail_the_checksum", "test_store.py::test_an_interrupted_write"]),
 ]
 
 
