@@ -121,8 +121,8 @@ class MemorySampler:
 
     VmRSS (and its kernel-kept peak VmHWM, which ``peak_rss_mb`` reads too) counts the
     touched pages of a memory-mapped file (RssFile: file-backed, clean, dropped by the
-    kernel under memory pressure; it also holds the mapped shared libraries, torch's some
-    250 MiB) as well as anonymous memory (RssAnon: heap and tensors,
+    kernel under memory pressure; it also holds the mapped shared libraries, about 80
+    MiB with torch) as well as anonymous memory (RssAnon: heap and tensors,
     what the process really needs). A thread samples RssAnon and RssFile every ``interval``
     seconds, so a peak shorter than that can be missed; VmHWM misses nothing.
     """
