@@ -168,7 +168,8 @@ def main(argv=None):
         r = results["train"]
         print(f"\ntrain: setup (open the store, fit the PCA on all training rows) {r['setup_seconds']:.0f} s, "
               f"{r['images_per_s']:.0f} training images/s; {r['pca_line']}")
-    print(f"\n{args.images:,} images (CIFAR-10 JPEGs, mirrored and shifted: SVHN extra's size) in a "
+    size_note = ": SVHN extra's size" if args.images == SVHN_EXTRA else ""
+    print(f"\n{args.images:,} images (CIFAR-10 JPEGs, mirrored and shifted{size_note}) in a "
           f"{size / 2**20:,.0f} MiB memory-mapped store; each phase a fresh process; load average "
           f"{os.getloadavg()[0]:.2f} at the end:")
     print(table(["phase", "images", "seconds", "peak RSS MiB (VmHWM, incl. mapped file pages)",
