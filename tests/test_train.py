@@ -203,3 +203,33 @@ def test_fast_bernoulli_matches_u_over_255_for_every_level():
     odd = torch.full((7, 1, 1, 1), 128, dtype=torch.uint8)
     a = bernoulli_u8(odd, torch.Generator().manual_seed(5))
     assert torch.equal(a, bernoulli_u8(odd, torch.Generator().manual_seed(5))) and a.shape == odd.shape
+
+
+def test_images_the_device_cannot_hold_stay_on_the_host(tmp_path, monkeypatch):
+    """A GPU out of memory for the dataset: one warning, batches copied over, same training."""
+    from vaelab.train import trainer
+
+    reference = vaelab.train(tiny_config(**{"train.epochs": 1}), tmp_path / "ref", progress=False)
+    move, resident, moving_whole_split = torch.Tensor.to, trainer._resident, [False]
+
+    def no_room(self, *args, **kwargs):  # only while a whole split moves to the device
+        if moving_whole_split[0]:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return move(self, *args, **kwargs)
+
+    def watched(*args, **kwargs):
+        moving_whole_split[0] = True
+        try:
+            return resident(*args, **kwargs)
+        finally:
+            moving_whole_split[0] = False
+
+    monkeypatch.setattr(torch.Tensor, "to", no_room)
+    monkeypatch.setattr(trainer, "_resident", watched)
+    out = vaelab.train(tiny_config(**{"train.epochs": 1}), tmp_path / "run", progress=False)
+    log = (out / "train.log").read_text()
+    assert log.count("do not fit in cpu memory") == 2  # train and validation images
+    assert "stay in host memory" in log
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    ref_rows = [json.loads(line) for line in (reference / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["train_loss"] == ref_rows[-1]["train_loss"] and rows[-1]["val_elbo"] == ref_rows[-1]["val_elbo"]

@@ -24,6 +24,7 @@ from .. import __version__
 from .. import distributed
 from .. import rundir
 from ..config import Config
+from ..data.store import MappedImages
 from ..errors import VaelabError
 from ..model import VAE
 from ..pipeline import SPLIT_SEED, PreparedData, prepare_data
@@ -104,8 +105,8 @@ class Trainer:
         self.data: PreparedData = prepare_data(cfg.data, seed=t.seed, transform=transform)
         if hasattr(self.data.transform, "to"):
             self.data.transform.to(self.device)
-        self.train_images = _resident(self.data.train, self.device)
-        self.val_images = _resident(self.data.val, self.device)
+        self.train_images = _resident(self.data.train, self.device, self.log)
+        self.val_images = _resident(self.data.val, self.device, self.log)
         self.model = VAE(cfg.model, self.data.event_shape).to(self.device)
         self.channels_last = t.channels_last == "on" or (
             t.channels_last == "auto" and "conv" in (cfg.model.encoder, cfg.model.decoder))
@@ -616,10 +617,20 @@ class Trainer:
         self.log(f"done: {self.epoch} epochs; weights in {self.out / rundir.WEIGHTS}")
 
 
-def _resident(images, device: torch.device):
+def _resident(images, device: torch.device, log=None):
     """In-memory uint8 data move to the device once (a GPU holds most datasets); a
-    memory-mapped store (MappedImages) stays on the host and each batch moves on its own."""
-    return images.to(device) if isinstance(images, torch.Tensor) else images
+    memory-mapped store (MappedImages) stays on the host and each batch moves on its own,
+    and so does in-memory data that the device has no room for (said once in the log)."""
+    if not isinstance(images, torch.Tensor):
+        return images
+    try:
+        return images.to(device)
+    except torch.OutOfMemoryError:
+        if log is not None:
+            log(f"WARNING: {images.numel() / 2**30:.2f} GiB of images do not fit in {device} memory beside the model: "
+                f"they stay in host memory and each batch is copied over (slower; a smaller data.limit keeps "
+                f"them on the device)")
+        return MappedImages(images.numpy())
 
 
 def _finite_or_null(row: dict) -> dict:
