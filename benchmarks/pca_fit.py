@@ -74,7 +74,8 @@ def run_method(method: str, store: Path, components: int, max_chunks: int, threa
         if method.startswith("vaelab"):
             from vaelab.pca import fit_pca
 
-            pca = fit_pca(images, components, fit_images=0 if method == "vaelab-exact" else 10000)
+            fitted = len(images) if method == "vaelab-exact" else min(10000, len(images))
+            pca = fit_pca(images, components, fit_images=0 if method == "vaelab-exact" else fitted)
             explained = float(pca.explained_variance_ratio.sum())
         elif method == "sklearn-incremental":
             from sklearn.decomposition import IncrementalPCA
@@ -93,7 +94,7 @@ def run_method(method: str, store: Path, components: int, max_chunks: int, threa
             pca = PCA(n_components=components, svd_solver=solver, random_state=0).fit(flat)
             explained = float(pca.explained_variance_ratio_.sum())
         seconds = time.perf_counter() - start
-    return {"method": method, "images": len(images), "seconds": seconds,
+    return {"method": method, "images": fitted if method == "vaelab-subset" else len(images), "seconds": seconds,
             "peak_mb": peak_rss_mb(), "before_mb": before, "explained_variance": explained, **memory.report()}
 
 
