@@ -176,7 +176,8 @@ def test_vaelab_train_is_the_api_function_and_the_package_of_its_modules():
     assert vaelab.train.trainer is sys.modules["vaelab.train.trainer"]
     # ... and calling it trains, with the documented signature
     assert callable(vaelab.train)
-    assert list(inspect.signature(vaelab.train).parameters) == ["config", "out", "resume", "overwrite", "progress"]
+    assert list(inspect.signature(vaelab.train).parameters) == ["config", "out", "resume", "overwrite", "progress",
+                                                              "callbacks"]
 
 
 def test_fast_bernoulli_matches_u_over_255_for_every_level():
