@@ -107,7 +107,8 @@ def test_pca_fitted_from_the_store_equals_the_in_memory_fit(data_dir):
 def test_train_split_chooses_the_split_trained_on(data_dir):
     data = prepare_data(tiny_config(data_dir, "data.store=memmap", "data.train_split=test", "data.limit=0").data)
     assert len(data.train) + len(data.val) == 2000  # the sample's test split
-    with pytest.raises(VaelabError, match="no prepared store"):
+    # a split the dataset does not have is named as such, not as a store to prepare
+    with pytest.raises(VaelabError, match="has no 'extra' split; choose one of train, test"):
         prepare_data(tiny_config(data_dir, "data.store=memmap", "data.train_split=extra").data)
 
 
@@ -197,3 +198,11 @@ def test_folder_store_records_its_conversion(tmp_path, capsys):
     assert images.shape == (6, 1, 8, 8)
     with pytest.raises(VaelabError, match="prepared with image_size=8, channels=1"):
         open_store(name, "train", tmp_path / "d")
+
+
+def test_a_rewrite_without_room_leaves_the_old_store_usable(data_dir, monkeypatch):
+    monkeypatch.setattr(store_module.shutil, "disk_usage", lambda path: type("U", (), {"free": 1000})())
+    with pytest.raises(VaelabError, match="GiB free"):
+        prepare_store("mnist-sample", "test", data_dir, force=True)
+    images, labels = open_store("mnist-sample", "test", data_dir)
+    assert images.shape == (2000, 1, 28, 28) and len(labels) == 2000

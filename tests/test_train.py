@@ -215,7 +215,7 @@ def test_images_the_device_cannot_hold_stay_on_the_host(tmp_path, monkeypatch):
 
     def no_room(self, *args, **kwargs):  # only while a whole split moves to the device
         if moving_whole_split[0]:
-            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
         return move(self, *args, **kwargs)
 
     def watched(*args, **kwargs):
@@ -234,3 +234,19 @@ def test_images_the_device_cannot_hold_stay_on_the_host(tmp_path, monkeypatch):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     ref_rows = [json.loads(line) for line in (reference / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["train_loss"] == ref_rows[-1]["train_loss"] and rows[-1]["val_elbo"] == ref_rows[-1]["val_elbo"]
+
+
+def test_static_binarization_draws_on_the_limited_subset():
+    """The static draw is made on the data.limit subset (as before stores existed): it does
+    not depend on the split's size and never touches the images left out."""
+    from vaelab.pipeline import SPLIT_SEED, load_images, limit_images, prepare_data, split_train_val
+    from vaelab.transforms import StaticBinarize
+
+    c = tiny_config(**{"data.transform": "binarize-static", "data.limit": 300})
+    images, labels = limit_images(*load_images(c.data, "train"), 300)
+    expected = StaticBinarize().prepare(images, seed=SPLIT_SEED)
+    train_idx, val_idx = split_train_val(len(images), c.data.val_fraction)
+    data = prepare_data(c.data)
+    assert torch.equal(data.train, torch.from_numpy(expected[train_idx]))
+    assert torch.equal(data.val, torch.from_numpy(expected[val_idx]))
+    assert torch.equal(data.train_labels, torch.from_numpy(labels[train_idx]))

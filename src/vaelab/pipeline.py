@@ -87,9 +87,12 @@ def prepare_data(data: DataConfig, seed: int = 0, transform: Transform | None = 
             transform = make_transform(data.transform)
     if data.store == "memmap":  # config validation keeps transforms that rewrite the split off this path
         train, val = MappedImages(images, train_rows), MappedImages(images, val_rows)
-    else:
-        images = transform.prepare(images, seed=SPLIT_SEED)
-        train, val = torch.from_numpy(images[train_rows]), torch.from_numpy(images[val_rows])
+    else:  # a one-off rewrite (static binarization) draws on the data.limit subset only, so a
+        # limited run never pays for the whole split and its draw does not depend on the split's size
+        kept = limit_rows(len(images), data.limit)
+        subset = transform.prepare(images if kept is None else images[kept], seed=SPLIT_SEED)
+        train_idx, val_idx = split_train_val(len(subset), data.val_fraction)  # the rows train_val_rows gave
+        train, val = torch.from_numpy(subset[train_idx]), torch.from_numpy(subset[val_idx])
     image_shape = tuple(images.shape[1:])
     return PreparedData(
         train=train, val=val,

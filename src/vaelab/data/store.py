@@ -63,13 +63,13 @@ def write_store(folder: Path, shape: tuple[int, ...], chunks: Iterable[tuple[np.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / MANIFEST).unlink(missing_ok=True)  # the old store, if any, is unusable from here on
     n = int(shape[0])
-    need = math.prod(shape) + 8 * n + (1 << 20)
+    need = math.prod(shape) + 8 * n + (1 << 20)  # the new files sit beside the old ones until renamed
     free = shutil.disk_usage(folder).free
-    if free < need:
+    if free < need:  # refused before anything changes: an intact old store stays usable
         raise VaelabError(f"the store needs {need / 2**30:.2f} GiB in {folder}, which has {free / 2**30:.2f} GiB "
                           f"free: free some space or use another --data-dir")
+    (folder / MANIFEST).unlink(missing_ok=True)  # the old store, if any, is unusable from here on
     tmp = {final: folder / f".{final}.tmp-{os.getpid()}" for final in (IMAGES, LABELS)}
     try:
         images = np.lib.format.open_memmap(tmp[IMAGES], mode="w+", dtype=np.uint8, shape=tuple(shape))
@@ -172,7 +172,11 @@ def read_store(folder: Path, fix: str = "prepare it again") -> tuple[np.ndarray,
 def open_store(name: str, split: str, data_dir=None, image_size: int | None = None,
                channels: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The prepared store of one split: images as a read-only memory map, labels in memory."""
+    from .dataset import _folder_root, splits
+
     folder = store_dir(name, split, data_dir)
+    if _folder_root(name) is None and split not in splits(name):  # else the fix below would fail too
+        raise VaelabError(f"{name} has no {split!r} split; choose one of {', '.join(splits(name))}")
     fix = f"run {_prepare_command(name, split)}"
     images, labels, manifest = read_store(folder, fix)
     wanted = {"image_size": image_size, "channels": channels}

@@ -625,9 +625,9 @@ def _resident(images, device: torch.device, log=None):
         return images
     try:
         return images.to(device)
-    except torch.OutOfMemoryError:
+    except torch.cuda.OutOfMemoryError:  # torch.OutOfMemoryError from torch 2.5 on
         if log is not None:
-            log(f"WARNING: {images.numel() / 2**30:.2f} GiB of images do not fit in {device} memory beside the model: "
+            log(f"WARNING: {images.numel() / 2**30:.2f} GiB of images do not fit in {device} memory: "
                 f"they stay in host memory and each batch is copied over (slower; a smaller data.limit keeps "
                 f"them on the device)")
         return MappedImages(images.numpy())
