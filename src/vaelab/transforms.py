@@ -53,10 +53,10 @@ _FIELD_MASK = (1 << _FIELD_BITS) - 1
 def bernoulli_u8(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """x ~ Bernoulli(u / 255) for uint8 ``images`` u, as float32 0/1.
 
-    torch.bernoulli draws one 32-bit Mersenne-Twister number per pixel, one at a time, and
-    was the largest cost of a training step after the matmuls and the optimizer (measured:
-    1.3 ms for a 128 x 784 batch on one thread, 3x this). Here each int64 draw (63 random
-    bits) gives three 21-bit uniforms f, and x = [floor(f * 255 / 2^21) < u], so
+    torch.bernoulli draws one 32-bit Mersenne-Twister number per pixel, one at a time:
+    1.4-1.5 ms for a 128 x 784 batch on one thread, 1.7-2x this function's time
+    (benchmarks/step_profile.py). Here each int64 draw (63 random bits) gives three 21-bit
+    uniforms f, and x = [floor(f * 255 / 2^21) < u], so
     P(x = 1) = ceil(u * 2^21 / 255) / 2^21: within 5e-7 of u / 255 for every u, and exact
     for u = 0 and 255.
     """
