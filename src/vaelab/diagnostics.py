@@ -118,10 +118,8 @@ def decoder_z_sensitivity(model, transform, data_images: torch.Tensor, n: int = 
     was_training = model.training
     model.eval()
     try:
-        device = next(model.parameters()).device
-        gen = torch.Generator(device=device).manual_seed(seed)
-        z = torch.randn((n, model.latent_dim), generator=gen, device=device)
-        decoded = transform.to_images(model.likelihood.mean(model.decode(z))).float().cpu()
+        gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+        decoded = transform.to_images(model.sample_prior(n, generator=gen)).float().cpu()
     finally:
         model.train(was_training)
     data = data_images[:2000].float().cpu() / 255.0

@@ -61,11 +61,17 @@ def split_train_val(n: int, val_fraction: float) -> tuple[np.ndarray, np.ndarray
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
+def limit_and_split(data: DataConfig, n: int) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """(rows kept by data.limit or None for all, train and val indices into those rows)."""
+    kept = limit_rows(n, data.limit)
+    train, val = split_train_val(n if kept is None else len(kept), data.val_fraction)
+    return kept, train, val
+
+
 def train_val_rows(data: DataConfig, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Rows of the n-image training split that a run trains on and holds out (after data.limit)."""
-    rows = limit_rows(n, data.limit)
-    train, val = split_train_val(n if rows is None else len(rows), data.val_fraction)
-    return (train, val) if rows is None else (rows[train], rows[val])
+    kept, train, val = limit_and_split(data, n)
+    return (train, val) if kept is None else (kept[train], kept[val])
 
 
 def prepare_data(data: DataConfig, seed: int = 0, transform: Transform | None = None) -> PreparedData:
@@ -75,7 +81,8 @@ def prepare_data(data: DataConfig, seed: int = 0, transform: Transform | None = 
     data.store=memmap nothing is copied: train and val gather their rows from the map.
     """
     images, labels = load_images(data, data.train_split)
-    train_rows, val_rows = train_val_rows(data, len(images))
+    kept, train_idx, val_idx = limit_and_split(data, len(images))
+    train_rows, val_rows = (train_idx, val_idx) if kept is None else (kept[train_idx], kept[val_idx])
     if len(train_rows) == 0:
         raise VaelabError(f"no training images left after holding out data.val_fraction={data.val_fraction} "
                           f"of {len(train_rows) + len(val_rows)}")
@@ -89,9 +96,7 @@ def prepare_data(data: DataConfig, seed: int = 0, transform: Transform | None = 
         train, val = MappedImages(images, train_rows), MappedImages(images, val_rows)
     else:  # a one-off rewrite (static binarization) draws on the data.limit subset only, so a
         # limited run never pays for the whole split and its draw does not depend on the split's size
-        kept = limit_rows(len(images), data.limit)
         subset = transform.prepare(images if kept is None else images[kept], seed=SPLIT_SEED)
-        train_idx, val_idx = split_train_val(len(subset), data.val_fraction)  # the rows train_val_rows gave
         train, val = torch.from_numpy(subset[train_idx]), torch.from_numpy(subset[val_idx])
     image_shape = tuple(images.shape[1:])
     return PreparedData(

@@ -39,11 +39,17 @@ _TEMP_NAME = re.compile(r"\..+\.tmp-\d+")
 
 # -- atomic writes ---------------------------------------------------------------------------
 
+_DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+_NOT_WRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM}
+#: the write errors that get one clear line (write_error) instead of a traceback
+WRITE_ERRNOS = _DISK_FULL | _NOT_WRITABLE
+
+
 def write_error(path: Path, exc: OSError) -> VaelabError:
     reason = exc.strerror or str(exc)
-    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+    if exc.errno in _DISK_FULL:
         fix = "the disk is full: free some space, then resume with `vaelab train --resume RUN_DIR`"
-    elif exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+    elif exc.errno in _NOT_WRITABLE:
         fix = "the folder is not writable: choose a writable --out"
     else:
         fix = "check the output folder"

@@ -24,6 +24,7 @@ class Run:
                  weights: Path):
         self.path, self.config, self.description = path, config, description
         self.model, self.transform, self.weights = model, transform, weights
+        self._images: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # split -> read once
 
     @property
     def device(self) -> torch.device:
@@ -37,8 +38,14 @@ class Run:
         return rundir.read_metrics(self.path)
 
     def images(self, split: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
-        """uint8 images and labels of a split of the run's dataset ('val': the held-out part)."""
-        return eval_images(self.config.data, split, self.transform)
+        """uint8 images and labels of a split of the run's dataset ('val': the held-out part).
+
+        Read once per Run: a report's figures and statistics all ask for the same split.
+        Callers must not change them in place.
+        """
+        if split not in self._images:
+            self._images[split] = eval_images(self.config.data, split, self.transform)
+        return self._images[split]
 
     def evaluate(self, split: str = "test", iw_samples: int = 100, limit: int = 0,
                  batch_size: int = 500, seed: int = 0, progress: bool = False) -> dict:

@@ -171,9 +171,9 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def md5_of(path: Path) -> str:
-    """md5 hex digest of a file, read in chunks."""
-    digest = hashlib.md5(usedforsecurity=False)
+def file_digest(path: Path, algorithm: str = "md5") -> str:
+    """Hex digest of a file, read in chunks (hashlib.file_digest needs Python 3.11)."""
+    digest = hashlib.new(algorithm, usedforsecurity=False)
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
             digest.update(chunk)

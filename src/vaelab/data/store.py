@@ -30,6 +30,8 @@ import torch
 
 from vaelab.errors import VaelabError
 
+from .download import file_digest
+
 IMAGES, LABELS, MANIFEST = "images.npy", "labels.npy", "store.json"
 FORMAT = "vaelab-store-1"
 _WRITE_CHUNK = 8192  # images copied per step when writing: bounded memory beside the split
@@ -97,7 +99,7 @@ def write_store(folder: Path, shape: tuple[int, ...], chunks: Iterable[tuple[np.
         raise
     manifest = dict(info, format=FORMAT, shape=[int(v) for v in shape],
                     **{f"{key}_bytes": (folder / f"{key}.npy").stat().st_size for key in ("images", "labels")},
-                    **{f"{key}_sha256": _sha256(folder / f"{key}.npy") for key in ("images", "labels")})
+                    **{f"{key}_sha256": file_digest(folder / f"{key}.npy", "sha256") for key in ("images", "labels")})
     from vaelab.rundir import atomic_write_bytes
 
     atomic_write_bytes(folder / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
@@ -192,18 +194,10 @@ def verify_store(folder: Path) -> dict:
     images, labels, manifest = read_store(folder)
     del images, labels
     for key in ("images", "labels"):
-        if _sha256(Path(folder) / f"{key}.npy") != manifest.get(f"{key}_sha256"):
+        if file_digest(Path(folder) / f"{key}.npy", "sha256") != manifest.get(f"{key}_sha256"):
             raise VaelabError(f"the store in {folder} is damaged ({key}.npy does not match its checksum); "
                               f"prepare it again")
     return manifest
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(16 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _fsync(path: Path) -> None:

@@ -10,7 +10,6 @@ step that is not the model's own arithmetic.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import math
 import signal
@@ -25,6 +24,7 @@ from .. import distributed
 from .. import rundir
 from ..config import Config
 from ..data.store import MappedImages
+from ..diagnostics import collapse_warning
 from ..errors import VaelabError
 from ..model import VAE
 from ..pipeline import SPLIT_SEED, PreparedData, prepare_data
@@ -402,6 +402,9 @@ class Trainer:
                        leave=False, dynamic_ncols=True, mininterval=0.5, file=self._log_stream,
                        disable=None)  # no bar when the output is not a terminal
         params = [p for p in model.parameters()]
+        # host-side data (a store, or images the device had no room for) is gathered on the
+        # host: its indices go there once an epoch, not once a step (a sync on CUDA)
+        batch_order = order if isinstance(self.train_images, torch.Tensor) else order.cpu()
         deferred = self.check_every > 1
         if deferred:  # device-side tallies of non-finite steps, the images they held, the norm maximum
             flags = torch.zeros(2, device=self.device, dtype=torch.int64)
@@ -416,7 +419,7 @@ class Trainer:
                 if bar:
                     bar.close()
                 return None
-            idx = order[step * t.batch_size:(step + 1) * t.batch_size]
+            idx = batch_order[step * t.batch_size:(step + 1) * t.batch_size]
             x = transform(self.train_images[idx].to(self.device), generator=self.data_gen)
             if self.channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -440,8 +443,8 @@ class Trainer:
                 norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
             if deferred:  # no host sync: the fused optimizer skips a non-finite step on the device
                 ok = torch.isfinite(out.loss.detach()) & torch.isfinite(norm)
-                opt.found_inf = (~ok).float()
                 bad = (~ok).long()
+                opt.found_inf = bad.float()
                 flags += torch.stack([bad, bad * x.shape[0]])
             elif not torch.isfinite(norm):
                 if self._non_finite("gradient", x, beta):
@@ -449,11 +452,12 @@ class Trainer:
             opt.step()
             size = x.shape[0]
             seen += size
+            step_sums = torch.stack([out.loss.detach(), out.recon, out.kl]).double() * size
             if deferred:
-                sums += torch.where(ok, torch.stack([out.loss.detach(), out.recon, out.kl]).double() * size, 0.0)
+                sums += torch.where(ok, step_sums, 0.0)
                 norm_max = torch.maximum(norm_max, torch.where(ok, norm.detach(), 0.0))
             else:
-                sums += torch.stack([out.loss.detach(), out.recon, out.kl]).double() * size
+                sums += step_sums
                 grad_norm_max = max(grad_norm_max, float(norm))
             if bar is not None:
                 bar.update(1)
@@ -490,20 +494,18 @@ class Trainer:
             flags.zero_()
             seen -= bad_images
             # the optimizer already skipped those steps; the policy now says what happens next
-            self.nan_events += bad_steps - 1
-            if self.config.train.nan_policy == "skip":
-                self.skipped_steps += bad_steps - 1
-            self._non_finite(f"loss or gradient in {bad_steps} of the last {self.check_every} steps", x, beta)
+            self._non_finite(f"loss or gradient in {bad_steps} of the last {self.check_every} steps", x, beta,
+                             count=bad_steps)
         return seen, grad_norm_max
 
-    def _non_finite(self, what: str, x: torch.Tensor, beta: float) -> bool:
-        """Handle a non-finite loss or gradient; True means 'skip this batch and go on'."""
+    def _non_finite(self, what: str, x: torch.Tensor, beta: float, count: int = 1) -> bool:
+        """Handle ``count`` non-finite losses or gradients; True means 'skip this batch and go on'."""
         policy = self.config.train.nan_policy
-        self.nan_events += 1
+        self.nan_events += count
         diagnosis = self.diagnose(x, beta)
         self.optimizer.zero_grad(set_to_none=True)
         if policy == "skip":
-            self.skipped_steps += 1
+            self.skipped_steps += count
             self.log(f"WARNING: non-finite {what} in epoch {self.epoch + 1}; batch skipped ({diagnosis})")
             return True
         if policy == "rollback" and self.good_state is not None and self.rollbacks < MAX_ROLLBACKS:
@@ -638,13 +640,6 @@ def _finite_or_null(row: dict) -> dict:
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
 
 
-def collapse_warning(row: dict, t) -> str | None:
-    """Posterior collapse, said plainly (the checks live in vaelab.diagnostics)."""
-    from ..diagnostics import collapse_warning as check
-
-    return check(row, t)
-
-
 def _saved_transform(run_dir: Path):
     from ..pca import PCATransform
 
@@ -694,12 +689,9 @@ def train(config: Config, out: str | Path, resume: bool = False, overwrite: bool
     try:
         return Trainer(config, out, resume=resume, progress=progress, callbacks=callbacks).run()
     except OSError as exc:  # disk full, read-only folder: one clear line, not a traceback
-        if exc.errno not in _WRITE_ERRNOS:
+        if exc.errno not in rundir.WRITE_ERRNOS:
             raise
         raise rundir.write_error(Path(exc.filename or out), exc) from None
-
-
-_WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 
 def _clear_run_dir(out: Path) -> None:
