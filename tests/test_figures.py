@@ -21,7 +21,7 @@ from PIL import Image
 from vaelab import figures
 from vaelab.cli import main
 from vaelab.config import Config, TrainConfig
-from vaelab.diagnostics import (collapse_warmup, collapse_warning, decoder_z_sensitivity, diagnose_collapse,
+from vaelab.diagnostics import (collapse_warmup, collapse_warning, decoder_z_sensitivity, diagnose_model,
                                 diagnose_training, instability_episodes, latent_activity)
 from vaelab.errors import VaelabError
 from vaelab.imagegrid import make_grid
@@ -322,12 +322,20 @@ def test_collapse_warning_on_near_zero_kl_or_no_active_units():
     base = {"epoch": 3, "beta": 1.0, "train_kl": 5.0, "val_kl": 5.0, "active_units": 4}
     assert collapse_warning(base) is None
     assert "KL 0.100 nats/image" in collapse_warning({**base, "val_kl": 0.1})
-    assert "no active latent units" in collapse_warning({**base, "active_units": 0})
-    assert collapse_warning({**base, "val_kl": 0.0, "active_units": 0, "beta": 0.0}) is None
+    assert "no active latent units" in collapse_warning({**base, "val_kl": 0.1, "active_units": 0})
+    # means that do not move although the KL is far from 0: a dead encoder, not collapse
+    assert collapse_warning({**base, "active_units": 0}).startswith("dead encoder")
+    # beta = 0: no collapse, but an encoder whose means do not move is still dead
+    assert collapse_warning({**base, "val_kl": 0.0, "beta": 0.0}) is None
+    assert collapse_warning({**base, "val_kl": 0.0, "active_units": 0, "beta": 0.0}).startswith("dead encoder")
+    # a code in use but reconstructions no better than the mean image: the model failed
+    failed = collapse_warning({**base, "val_recon_mse": 0.08, "val_mean_image_mse": 0.081})
+    assert failed.startswith("reconstructions no better than the mean image")
+    assert collapse_warning({**base, "val_recon_mse": 0.02, "val_mean_image_mse": 0.081}) is None
     # the trainer's name for it is the same check
     from vaelab.train.trainer import collapse_warning as trainer_check
 
-    assert trainer_check({**base, "active_units": 0}, None) == collapse_warning({**base, "active_units": 0})
+    assert trainer_check({**base, "val_kl": 0.1}, None) == collapse_warning({**base, "val_kl": 0.1})
 
 
 def _zero_z_weights(model: VAE) -> None:
@@ -343,9 +351,9 @@ def test_decoder_ignoring_z_is_detected_in_report_and_log(run4d):
     assert before > 0.01
     _zero_z_weights(model)
     assert decoder_z_sensitivity(model, run4d.transform, images) < 1e-10
-    findings = diagnose_collapse(kl=3.0, active_units=4, latent_dim=4, z_sensitivity=0.0)
-    assert findings[0].level == "collapse" and "samples are independent of z" in findings[0].text
-    assert diagnose_collapse(kl=3.0, active_units=4, latent_dim=4, z_sensitivity=before)[0].level == "ok"
+    findings = diagnose_model(kl=3.0, active_units=4, latent_dim=4, z_sensitivity=0.0)
+    assert findings[0].level == "collapse" and findings[0].title == "samples independent of z"
+    assert diagnose_model(kl=3.0, active_units=4, latent_dim=4, z_sensitivity=before)[0].level == "ok"
     # the training-time monitor warns once when it starts and once when it ends
     logged = []
     trainer = SimpleNamespace(model=model, data=SimpleNamespace(transform=run4d.transform), val_images=images,
@@ -362,6 +370,7 @@ def test_decoder_ignoring_z_is_detected_in_report_and_log(run4d):
 def test_collapse_is_not_judged_in_the_warm_up():
     collapsed = {"beta": 1.0, "train_kl": 0.1, "val_kl": 0.1, "active_units": 0}
     assert [collapse_warning({**collapsed, "epoch": e}) is None for e in (1, 2, 3, 4)] == [True, True, False, False]
+    assert collapse_warning({**collapsed, "epoch": 4}).startswith("posterior collapse")
     # a KL-annealing schedule: not before its first rise has ended
     linear = TrainConfig(kl_schedule="linear", warmup_epochs=10)
     assert collapse_warning({**collapsed, "epoch": 9, "beta": 0.9}, linear) is None
@@ -389,10 +398,10 @@ def test_samples_independent_of_z_wait_for_the_warm_up_in_log_and_report(run4d):
     monitor.on_epoch_end(trainer, {"beta": 1.0})
     assert len(logged) == 1 and logged[0].startswith("WARNING: samples independent of z at epoch 3")
     # the report of a run that ended in the warm-up says what the log said: not yet a verdict
-    findings = diagnose_collapse(kl=3.0, active_units=4, latent_dim=4, z_sensitivity=0.0,
+    findings = diagnose_model(kl=3.0, active_units=4, latent_dim=4, z_sensitivity=0.0,
                                  warmup=collapse_warmup(2, 1.0, run4d.config.train))
     assert [f.level for f in findings] == ["warning"]
-    assert "too early" in findings[0].title and "samples are independent of z" in findings[0].text
+    assert "too early" in findings[0].title and "samples independent of z" in findings[0].text
 
 
 def test_latent_activity_counts_units_whose_mean_moves():

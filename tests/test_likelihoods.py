@@ -449,10 +449,15 @@ def test_variance_l2_penalty(variance):
     torch.testing.assert_close(lik.penalty(params), expected)
 
 
-def test_init_bias_only_for_learned_logvar():
+def test_init_bias_starts_every_learned_variance_at_exp_logvar_init_bias():
     assert build_likelihood("gaussian", (3,), variance="learned-logvar", logvar_init_bias=-2.0).init_bias() == {1: -2.0}
+    for variance in ("relu", "softplus"):
+        lik = build_likelihood("gaussian", (3,), variance=variance, logvar_init_bias=-2.0, variance_eps=1e-3)
+        bias = lik.init_bias()
+        params = torch.stack([torch.zeros(1, 3), torch.full((1, 3), bias[1])], 1)
+        assert torch.allclose(lik.variance(params), torch.full((1, 3), math.exp(-2.0)), rtol=1e-5)
     for name, kwargs in CONFIGS:
-        if kwargs.get("variance") != "learned-logvar":
+        if kwargs.get("variance") in (None, "fixed", "shared"):
             assert build_likelihood(name, (3,), **kwargs).init_bias() == {}
 
 

@@ -27,7 +27,9 @@ from vaelab.train.trainer import MAX_ROLLBACKS, TrainingDiverged
 STEPS = 9  # 270 training images in batches of 32
 TINY = ["data.name=mnist-sample", "data.limit=300", "model.hidden=32", "model.latent_dim=4",
         "train.batch_size=32", "train.device=cpu", "train.threads=1",
-        "data.transform=scale", "model.likelihood=gaussian"]
+        "data.transform=scale", "model.likelihood=gaussian",
+        # ReLU variances start at 0 (v = 0 +- noise), as before vaelab started them at exp(logvar_init_bias)
+        "model.logvar_init_bias=-30"]
 RELU_NO_FLOOR = ["model.variance=relu", "model.variance_eps=0"]
 
 

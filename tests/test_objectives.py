@@ -59,41 +59,55 @@ def test_constant_schedule_is_beta_throughout():
     assert {s.beta_at(t) for t in (0, 0.5, 7)} == {0.3}
 
 
-def ae_then_anneal_weights(recons, step=0.3, beta=1.0, min_delta=0.0):
-    s = KLSchedule(TrainConfig(kl_schedule="ae-then-anneal", anneal_step=step, beta=beta))
+def ae_then_anneal_weights(recons, step=0.3, beta=1.0, rel=0.01):
+    s = KLSchedule(TrainConfig(kl_schedule="ae-then-anneal", anneal_step=step, beta=beta, anneal_start_rel=rel))
     weights = []
     for recon in recons:
-        weights.append(s.beta_at(len(weights)))  # the weight used during this epoch
-        s.end_epoch(recon, min_delta)
+        weights.append(s.beta_at(len(weights) + 1))  # the weight at the end of this epoch
+        s.end_epoch(recon, len(weights))
     return weights
 
 
-def test_ae_then_anneal_waits_for_the_reconstruction_to_stall_then_steps_up_to_the_cap():
-    # improving, improving, improving, stalls (85 > 80): then +0.3 each epoch, capped at 1
-    assert ae_then_anneal_weights([100, 90, 80, 85, 70, 60, 50, 40, 30]) == \
+def test_ae_then_anneal_waits_for_a_good_reconstruction_then_rises_to_the_cap():
+    # 100 -> 90 -> 80: 10 % better each; 79.5 is 0.6 % better (< 1 %): the rise starts after
+    # epoch 4 and adds 0.3 an epoch, capped at 1
+    assert ae_then_anneal_weights([100, 90, 80, 79.5, 70, 60, 50, 40, 30]) == \
         pytest.approx([0, 0, 0, 0, 0.3, 0.6, 0.9, 1.0, 1.0])
-    # once annealing, a better reconstruction does not stop the rise; the cap is train.beta
-    assert ae_then_anneal_weights([10, 10, 1, 0.5, 0.1], step=0.25, beta=0.6) == \
+    # a worse epoch starts it too; once rising, a better reconstruction does not stop it; cap train.beta
+    assert ae_then_anneal_weights([10, 11, 1, 0.5, 0.1], step=0.25, beta=0.6) == \
         pytest.approx([0, 0, 0.25, 0.5, 0.6])
-    # an improvement smaller than min_delta counts as a stall
-    assert ae_then_anneal_weights([100, 99.5, 90], step=0.5, min_delta=1.0) == pytest.approx([0, 0, 0.5])
+    # the criterion is relative: a 2 % improvement starts it at rel=0.05, not at rel=0.01
+    assert ae_then_anneal_weights([100, 98, 97], step=0.5, rel=0.05) == pytest.approx([0, 0, 0.5])
+    assert ae_then_anneal_weights([100, 98, 96], step=0.5, rel=0.01) == pytest.approx([0, 0, 0])
+
+
+def test_ae_then_anneal_rises_a_fraction_at_every_step():
+    s = KLSchedule(TrainConfig(kl_schedule="ae-then-anneal", anneal_step=0.2))
+    for epoch, recon in enumerate((50, 40, 40), start=1):
+        s.end_epoch(recon, epoch)
+    assert s.start == 3
+    assert [s.beta_at(3 + f) for f in (0, 0.25, 0.5, 1)] == pytest.approx([0, 0.05, 0.1, 0.2])
 
 
 def test_ae_then_anneal_state_survives_a_checkpoint_round_trip():
     s = KLSchedule(TrainConfig(kl_schedule="ae-then-anneal", anneal_step=0.2))
-    for recon in (50, 40, 45, 30):
-        s.end_epoch(recon)
+    for epoch, recon in enumerate((50, 40, 45, 30), start=1):
+        s.end_epoch(recon, epoch)
     restored = KLSchedule(TrainConfig(kl_schedule="ae-then-anneal", anneal_step=0.2))
-    restored.load_state(json.loads(json.dumps(s.state())))
-    assert restored.beta_at(4) == s.beta_at(4) == pytest.approx(0.4)
+    restored.load_state(json.loads(json.dumps(s.state())), epoch=4)
+    assert restored.beta_at(4.5) == s.beta_at(4.5) == pytest.approx(0.3)
     fresh = KLSchedule(TrainConfig(kl_schedule="ae-then-anneal"))
-    fresh.load_state(json.loads(json.dumps(fresh.state())))  # best_recon = inf still round-trips
-    assert fresh.best_recon == math.inf
+    fresh.load_state(json.loads(json.dumps(fresh.state())), epoch=0)  # best_recon = inf still round-trips
+    assert fresh.best_recon == math.inf and fresh.start is None
+    # a checkpoint written before the rule changed (weight stepped once an epoch) resumes on the same weight
+    old = KLSchedule(TrainConfig(kl_schedule="ae-then-anneal", anneal_step=0.2))
+    old.load_state({"weight": 0.4, "annealing": True, "best_recon": 30.0}, epoch=5)
+    assert old.beta_at(5) == pytest.approx(0.4)
 
 
 def test_trainer_applies_ae_then_anneal(tmp_path):
-    # min_delta above any change: epoch 1 sets the best, epoch 2 stalls, then the weight steps
-    rows = run(tmp_path, "train.kl_schedule=ae-then-anneal", "train.anneal_step=0.25", "train.min_delta=1e9",
+    # a criterion no epoch can miss: epoch 1 sets the best, epoch 2 is good enough, then the weight rises
+    rows = run(tmp_path, "train.kl_schedule=ae-then-anneal", "train.anneal_step=0.25", "train.anneal_start_rel=1",
                "train.epochs=4")
     assert [r["beta"] for r in rows] == pytest.approx([0, 0, 0.25, 0.5])
     for r in rows[:2]:  # autoencoder epochs: the loss is the reconstruction alone

@@ -164,11 +164,26 @@ def test_presets_hold_the_write_ups_settings():
     assert load_preset("mnist-l2").model.latent_dim == 2
 
 
-def test_mnist_l2_reconstruction_term_is_the_sum_of_squared_errors():
+def test_mnist_l2_is_na_s_weighting_in_nats_per_image():
+    # Na: tf.nn.l2_loss (half the squared error, summed over the batch) + the KL averaged over the
+    # batch; times B per image, that is the negative ELBO of N(x; mean, I / B)
     config = load_preset("mnist-l2")
+    batch = config.train.batch_size
     model = VAE(config.model, (1, 28, 28))
     params = torch.randn(3, 1, 1, 28, 28)
     x = torch.rand(3, 1, 28, 28)
-    squared = ((x - torch.sigmoid(params[:, 0])) ** 2).flatten(1).sum(1)
-    constant = 0.5 * 784 * math.log(2 * math.pi * 0.5)
-    torch.testing.assert_close(-model.likelihood.log_prob(params, x), squared + constant)
+    half_squared = 0.5 * ((x - torch.sigmoid(params[:, 0])) ** 2).flatten(1).sum(1)
+    constant = 0.5 * 784 * math.log(2 * math.pi / batch)
+    torch.testing.assert_close(-model.likelihood.log_prob(params, x), batch * half_squared + constant)
+
+
+@pytest.mark.parametrize("name", ["mnist-conv-mse", "mnist-conv-mse-ae", "mnist-conv-mse-annealed",
+                                  "mnist-lowcap-mse"])
+def test_the_mse_presets_reconstruction_term_is_the_per_pixel_mean_squared_error(name):
+    # the project page's loss: a mean over pixels of the squared error, beside a KL summed over latents
+    model = VAE(load_preset(name).model, (1, 28, 28))
+    params = torch.randn(3, 1, 1, 28, 28)
+    x = torch.rand(3, 1, 28, 28)
+    mse = ((x - torch.sigmoid(params[:, 0])) ** 2).flatten(1).mean(1)
+    constant = 392 * math.log(2 * math.pi * 392)  # (D/2) log(2 pi sigma^2), sigma^2 = D/2: 3,061.18 nats
+    torch.testing.assert_close(-model.likelihood.log_prob(params, x), mse + constant)

@@ -17,7 +17,7 @@ from .errors import VaelabError
 EXIT_BAD_INPUT = 2
 
 #: modules that add subcommands: each has register(subparsers), whose parsers set func
-COMMAND_MODULES: tuple[str, ...] = ("vaelab.report_cli", "vaelab.sweep")
+COMMAND_MODULES: tuple[str, ...] = ("vaelab.report_cli", "vaelab.sweep", "vaelab.reproduce_cli")
 
 
 def _config_from_args(args):

@@ -53,6 +53,7 @@ class ModelConfig:
     decoder: str = "mlp"
     hidden: list[int] = field(default_factory=lambda: [500, 500])  # encoder MLP layers
     decoder_hidden: list[int] | None = None  # None: the encoder's, reversed
+    variance_hidden: list[int] | None = None  # MLP decoder: a separate stack for the variance map (None: shared)
     activation: str = "relu"
     batch_norm: bool = False
     dropout: float = 0.0
@@ -86,7 +87,8 @@ class TrainConfig:
     kl_schedule: str = "constant"
     warmup_epochs: int = 10  # linear: epochs from 0 to beta; cyclical: the rising part of a cycle
     cycle_epochs: int = 20  # cyclical: the length of one cycle
-    anneal_step: float = 0.05  # ae-then-anneal: the weight's rise per epoch, capped at beta
+    anneal_step: float = 0.05  # ae-then-anneal: the weight's rise per epoch (spread over its steps), capped at beta
+    anneal_start_rel: float = 0.01  # ae-then-anneal: start once an epoch improves the reconstruction by less than this fraction
     free_bits: float = 0.0  # nats per latent dimension (0: off)
     grad_clip: float = 0.0  # max gradient norm (0: off)
     lr_schedule: str = "constant"
@@ -104,6 +106,7 @@ class TrainConfig:
     channels_last: str = "auto"  # conv networks in channels_last layout (auto: on for conv models)
     log_latent_stats: bool = True  # per-epoch spread of posterior means / stds on a fixed batch
     sample_every: int = 0  # epochs between fixed-noise sample grids in RUN_DIR/progress/ (0: off)
+    stats_every_steps: int = 0  # steps between latent statistics + sample grids in RUN_DIR/progress/ (0: off)
     tensorboard: bool = False  # TensorBoard scalars and image grids in RUN_DIR/tensorboard/
 
 
@@ -180,7 +183,12 @@ class Config:
         _at_least("model.latent_dim", m.latent_dim, 1)
         _choice("model.encoder", m.encoder, NETWORKS)
         _choice("model.decoder", m.decoder, NETWORKS)
-        for name in ("hidden", "decoder_hidden", "conv_channels", "conv_kernels", "conv_strides"):
+        if m.variance_hidden is not None and (m.decoder != "mlp" or m.likelihood != "gaussian"
+                                              or m.variance in ("fixed", "shared")):
+            raise VaelabError("model.variance_hidden is a separate MLP stack for a per-image variance map: it needs "
+                              "model.decoder=mlp, model.likelihood=gaussian and model.variance=learned-logvar, "
+                              "relu or softplus; or leave it unset (null)")
+        for name in ("hidden", "decoder_hidden", "variance_hidden", "conv_channels", "conv_kernels", "conv_strides"):
             for v in getattr(m, name) or []:
                 _at_least(f"model.{name} entries", v, 1)
         _range("model.dropout", m.dropout, 0.0, 0.99)
@@ -206,6 +214,7 @@ class Config:
         _at_least("train.warmup_epochs", t.warmup_epochs, 1)
         _at_least("train.cycle_epochs", t.cycle_epochs, 1)
         _at_least("train.anneal_step", t.anneal_step, 0.0)
+        _range("train.anneal_start_rel", t.anneal_start_rel, 0.0, 1.0)
         _at_least("train.free_bits", t.free_bits, 0.0)
         _at_least("train.grad_clip", t.grad_clip, 0.0)
         _choice("train.lr_schedule", t.lr_schedule, LR_SCHEDULES)
@@ -233,6 +242,7 @@ class Config:
         _choice("train.autocast", t.autocast, AUTOCAST)
         _choice("train.channels_last", t.channels_last, LAYOUTS)
         _at_least("train.sample_every", t.sample_every, 0)
+        _at_least("train.stats_every_steps", t.stats_every_steps, 0)
         if t.device not in ("auto", "cpu") and not t.device.startswith(("cuda", "mps")):
             raise VaelabError(f"train.device must be auto, cpu, cuda or cuda:N, got {t.device!r}")
         # the likelihood module validates its own names and values

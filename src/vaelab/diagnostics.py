@@ -33,6 +33,9 @@ Z_SENSITIVITY_THRESHOLD = 0.01
 #: epoch 1 (under the 1% threshold), 4% after epoch 2 and 7% after epoch 3, so a warning any
 #: earlier is noise about a model that has not started, not a diagnosis of one that gave up
 COLLAPSE_WARMUP_EPOCHS = 3
+#: reconstructions whose mean squared error is above this fraction of the mean image's
+#: have not learned the images (a model that did learns a good deal more than the mean)
+MEAN_IMAGE_MARGIN = 0.95
 #: an epoch's largest gradient norm this many times the median of the earlier epochs
 GRAD_SPIKE_FACTOR = 20.0
 #: a posterior standard deviation this large, against a N(0, 1) prior, has blown up
@@ -41,7 +44,7 @@ STD_EXPLODED = 10.0
 
 @dataclass
 class Finding:
-    """One line of a diagnosis: level is 'ok', 'note', 'warning' or 'collapse'."""
+    """One line of a diagnosis: level is 'ok', 'note', 'warning', 'collapse', 'dead-encoder' or 'failed'."""
 
     level: str
     title: str
@@ -78,34 +81,74 @@ def collapse_warmup(epoch: int, beta: float | None = None, t=None) -> str | None
 
 
 def collapse_warning(row: dict, t=None) -> str | None:
-    """The trainer's per-epoch check on a metrics row; None when the code is in use.
+    """The trainer's per-epoch check on a metrics row; None when nothing is wrong.
 
-    Collapse is a KL near zero or no active unit. Epochs trained with beta = 0 (a plain
-    autoencoder) have no KL pressure and are not judged, nor are epochs in the warm-up
-    (see collapse_warmup; ``t`` is the run's TrainConfig).
+    It is :func:`judge_model` on the row's numbers (``t`` is the run's TrainConfig): the same
+    verdicts as the report, said in the log. Epochs in the warm-up are not judged
+    (see collapse_warmup), nor is collapse in epochs trained with beta = 0.
     """
-    if row.get("beta", 1.0) == 0:
-        return None
     if collapse_warmup(row.get("epoch", COLLAPSE_WARMUP_EPOCHS), row.get("beta"), t):
         return None
     kl = row.get("val_kl")
-    if kl is None or (isinstance(kl, float) and not math.isfinite(kl)):
+    if not _finite(kl):
         kl = row.get("train_kl")
-    active = row.get("active_units")
-    near_zero = kl is not None and math.isfinite(kl) and kl < KL_NEAR_ZERO
-    none_active = active == 0
-    if not (near_zero or none_active):
-        return None
-    parts = []
-    if near_zero:
-        parts.append(f"KL {kl:.3f} nats/image (< {KL_NEAR_ZERO})")
-    if none_active:
-        parts.append("no active latent units")
-    elif active is not None:
-        parts.append(f"{active} active units")
-    return (f"posterior collapse at epoch {row.get('epoch', '?')}: {', '.join(parts)}; the decoder is "
-            f"ignoring z. Try KL annealing (train.kl_schedule=linear), free bits (train.free_bits), "
-            f"or a smaller decoder")
+    beta = row.get("beta", 1.0)
+    finding = judge_model(kl, row.get("active_units"), beta=1.0 if beta is None else beta,
+                          recon_mse=row.get("val_recon_mse"), mean_image_mse=row.get("val_mean_image_mse"),
+                          epoch=row.get("epoch"))
+    return None if finding is None else f"{finding.title}: {finding.text}"
+
+
+def judge_model(kl: float | None, active_units: int | None, beta: float = 1.0,
+                recon_mse: float | None = None, mean_image_mse: float | None = None,
+                z_sensitivity: float | None = None, epoch: int | None = None) -> Finding | None:
+    """Tell apart the ways a VAE fails to use or to learn its code; None when none applies.
+
+    - posterior collapse: the KL term (beta > 0) pushed q(z|x) onto the prior, so the KL is
+      near zero; nothing reaches the decoder from x;
+    - a dead encoder: the posterior means are the same for every image although nothing
+      pulls them together (beta = 0, or a KL well above zero): the encoder never learned
+      (e.g. dead ReLUs at initialisation); KL annealing cannot help it;
+    - samples independent of z: the code varies but the decoder ignores it;
+    - a failed decoder: the code is in use but the reconstructions are no better than the
+      data's mean image (in image space): the model did not learn, whatever its KL.
+    """
+    at = f" at epoch {epoch}" if epoch is not None else ""
+    kl_ok = _finite(kl)
+    if beta > 0 and kl_ok and kl < KL_NEAR_ZERO:
+        units = "no active latent units" if active_units == 0 else f"{active_units} active units"
+        return Finding("collapse", "posterior collapse", f"KL {kl:.3f} nats/image (< {KL_NEAR_ZERO}){at}, {units}: "
+                       f"the KL term pushed q(z|x) onto the prior and the decoder makes one image for every z. "
+                       f"Try KL annealing (train.kl_schedule=ae-then-anneal or linear), free bits "
+                       f"(train.free_bits), a smaller decoder, or a narrower decoder (a fixed Gaussian sigma as wide "
+                       f"as the data makes the reconstruction term weak against the KL)")
+    if active_units == 0:
+        why = "the KL weight is 0" if beta == 0 else f"the KL is {kl:.2f} nats/image, far from 0" if kl_ok else ""
+        return Finding("dead-encoder", "dead encoder", f"the posterior means are the same for every image{at} "
+                       f"although nothing pulls them together ({why}): the encoder never learned to read the "
+                       f"image, so KL annealing will not help. Usual causes: ReLU units dead from the start "
+                       f"(conv networks use He initialisation since issue 10), a learning rate too high, no "
+                       f"normalisation; try another train.seed, a lower train.lr, model.batch_norm=true or "
+                       f"model.activation=leaky_relu")
+    if _finite(z_sensitivity) and z_sensitivity < Z_SENSITIVITY_THRESHOLD and beta > 0:
+        return Finding("collapse", "samples independent of z", f"decoding different prior draws varies the image "
+                       f"by {100 * z_sensitivity:.2f}% of the data's pixel variance (< "
+                       f"{100 * Z_SENSITIVITY_THRESHOLD:g}%){at}: the decoder ignores z. Try KL annealing, free bits "
+                       f"or a smaller decoder")
+    if _finite(recon_mse) and _finite(mean_image_mse) and mean_image_mse > 0 and \
+            recon_mse >= MEAN_IMAGE_MARGIN * mean_image_mse:
+        return Finding("failed", "reconstructions no better than the mean image",
+                       f"mean squared error {recon_mse:.4g} per pixel in [0, 1]{at}, against {mean_image_mse:.4g} "
+                       f"for the data's mean image (PSNR {psnr(recon_mse):.1f} vs {psnr(mean_image_mse):.1f} dB): the "
+                       f"model has not learned the images, whatever its KL. Check the learning rate (lower "
+                       f"train.lr), a learned variance's start and floor (model.logvar_init_bias, "
+                       f"model.variance_eps), the initialisation (another train.seed), and train longer")
+    return None
+
+
+def psnr(mse: float) -> float:
+    """Peak signal-to-noise ratio in dB of a mean squared error on images in [0, 1]."""
+    return -10.0 * math.log10(mse) if mse > 0 else math.inf
 
 
 @torch.no_grad()
@@ -141,47 +184,54 @@ def latent_activity(means: torch.Tensor, stds: torch.Tensor) -> dict:
             "active": active.tolist(), "active_units": int(active.sum())}
 
 
-def diagnose_collapse(kl: float | None, active_units: int | None, latent_dim: int,
-                      z_sensitivity: float | None = None, beta: float = 1.0,
-                      warmup: str | None = None) -> list[Finding]:
-    """Findings about posterior collapse from the final numbers of a run.
+def diagnose_model(kl: float | None, active_units: int | None, latent_dim: int,
+                   z_sensitivity: float | None = None, beta: float = 1.0, warmup: str | None = None,
+                   recon_mse: float | None = None, mean_image_mse: float | None = None,
+                   bits_per_dim: float | None = None, fixed_variance: bool = False) -> list[Finding]:
+    """Findings about a finished model from its evaluated numbers (see :func:`judge_model`).
 
     ``warmup`` is collapse_warmup's reason when training ended inside the warm-up: the signs
     are then a warning, not a verdict, as in the training log (which judged no epoch).
+    ``bits_per_dim`` above 8 is a density worse than a uniform 8-bit model: a failure for a
+    learned variance, a note for a fixed one (a weighting, e.g. a mean-squared-error loss).
     """
     findings = []
     if beta == 0:
         findings.append(Finding("note", "no KL pressure", "trained with beta = 0 (a plain autoencoder): "
-                                "the KL and active-unit checks do not apply"))
-    collapsed = []
-    if kl is not None and math.isfinite(kl) and kl < KL_NEAR_ZERO and beta > 0:
-        collapsed.append(f"the KL is {kl:.3f} nats/image, near zero (< {KL_NEAR_ZERO}): "
-                         f"z carries almost no information about x")
-    if active_units == 0 and beta > 0:
-        collapsed.append("no latent unit is active: the posterior mean does not move with the image")
-    if z_sensitivity is not None and math.isfinite(z_sensitivity) and z_sensitivity < Z_SENSITIVITY_THRESHOLD:
-        collapsed.append(f"samples are independent of z: decoding different prior draws varies the image by "
-                         f"{100 * z_sensitivity:.2f}% of the data's pixel variance (< {100 * Z_SENSITIVITY_THRESHOLD:g}%)")
-    if collapsed and warmup:
+                                "posterior collapse does not apply"))
+    verdict = judge_model(kl, active_units, beta, recon_mse, mean_image_mse, z_sensitivity)
+    if verdict is not None and warmup and verdict.level in ("collapse", "dead-encoder"):
         findings.append(Finding("warning", "too early to judge collapse", f"training ended in the warm-up "
-                                f"({warmup}): " + "; ".join(collapsed) + ". Train longer before reading this "
-                                "as posterior collapse."))
-        return findings
-    if collapsed:
-        findings.append(Finding("collapse", "posterior collapse", "; ".join(collapsed) + ". Try KL annealing "
-                                "(train.kl_schedule=linear), free bits (train.free_bits) or a smaller decoder."))
-        return findings
-    parts = []
-    if kl is not None and math.isfinite(kl):
-        parts.append(f"KL {kl:.2f} nats/image")
-    if active_units is not None:
-        parts.append(f"{active_units} of {latent_dim} latent units active")
-    if z_sensitivity is not None and math.isfinite(z_sensitivity):
-        parts.append(f"z moves the decoded image by {100 * z_sensitivity:.1f}% of the data's pixel variance")
-    findings.append(Finding("ok", "the latent code is in use", ", ".join(parts)))
-    if active_units is not None and 0 < active_units < latent_dim:
-        findings.append(Finding("note", "inactive units", f"{latent_dim - active_units} of {latent_dim} latent "
-                                f"units are inactive (the usual partial collapse of unused dimensions)"))
+                                f"({warmup}): {verdict.title}: {verdict.text}. Train longer before reading "
+                                f"this as a verdict."))
+    elif verdict is not None:
+        findings.append(verdict)
+    if _finite(bits_per_dim) and bits_per_dim > 8.0:
+        text = (f"{bits_per_dim:.2f} bits/dim: as a density of 8-bit pixels it is worse than a uniform model "
+                f"(8 bits/dim)")
+        if fixed_variance:
+            findings.append(Finding("note", "a weak density", text + "; its fixed variance is a loss weighting "
+                                    "(e.g. a mean squared error), not a fit to the pixels"))
+        else:
+            findings.append(Finding("failed", "worse than a uniform 8-bit model", text + ". A learned variance "
+                                    "should beat it easily: check its start (model.logvar_init_bias), its floor "
+                                    "(model.variance_eps) and the learning rate"))
+    if verdict is None:
+        parts = []
+        if _finite(kl):
+            parts.append(f"KL {kl:.2f} nats/image")
+        if active_units is not None:
+            parts.append(f"{active_units} of {latent_dim} latent units active")
+        if _finite(z_sensitivity):
+            parts.append(f"z moves the decoded image by {100 * z_sensitivity:.1f}% of the data's pixel variance")
+        if _finite(recon_mse) and _finite(mean_image_mse):
+            parts.append(f"reconstructions {psnr(recon_mse):.1f} dB PSNR against {psnr(mean_image_mse):.1f} dB "
+                         f"for the mean image")
+        if not any(f.level == "failed" for f in findings):
+            findings.append(Finding("ok", "the latent code is in use", ", ".join(parts)))
+        if active_units is not None and 0 < active_units < latent_dim:
+            findings.append(Finding("note", "inactive units", f"{latent_dim - active_units} of {latent_dim} "
+                                    f"latent units are inactive (the usual partial collapse of unused dimensions)"))
     return findings
 
 

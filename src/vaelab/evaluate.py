@@ -4,6 +4,8 @@
 - nll_iw: -log p(x) estimated with K importance samples (Burda et al. 2016), streamed
 - bits_per_dim: nll_iw / (D ln 2) over 8-bit pixels (see ``bits_per_dim``), else None
 - active_units: latent dimensions whose posterior mean varies over x: Cov_x(E_q[z]) > 0.01
+- recon_mse, mean_image_mse: squared error per pixel in image space [0, 1] of the
+  reconstructions at the posterior mean, and of the images' mean image
 """
 
 from __future__ import annotations
@@ -44,6 +46,35 @@ def _keep_freed_memory() -> None:
         pass
 
 
+class ReconstructionError:
+    """Mean squared error per pixel, in image space [0, 1], of reconstructions at the
+    posterior mean against the stored images u / 255; beside it that of the best constant
+    guess, the images' own mean image. A model that learned anything beats the latter
+    clearly, whatever its likelihood or transform (binarized, PCA: compared as images)."""
+
+    def __init__(self):
+        self.n = 0
+        self.recon_sq = 0.0
+        self.sum = self.sum_sq = None
+
+    @torch.no_grad()
+    def add(self, model: VAE, transform: Transform, posterior_mean: torch.Tensor, images: torch.Tensor) -> None:
+        target = images.to(posterior_mean.device).double().div(255.0).flatten(1)
+        recon = transform.to_images(model.likelihood.mean(model.decode(posterior_mean))).double().flatten(1)
+        self.recon_sq += float((recon - target).pow(2).mean(1).sum())
+        batch_sum, batch_sq = target.sum(0), target.pow(2).sum(0)
+        self.sum = batch_sum if self.sum is None else self.sum + batch_sum
+        self.sum_sq = batch_sq if self.sum_sq is None else self.sum_sq + batch_sq
+        self.n += len(target)
+
+    def result(self) -> dict:
+        if self.n == 0:
+            return {"recon_mse": None, "mean_image_mse": None}
+        mean = self.sum / self.n
+        return {"recon_mse": self.recon_sq / self.n,
+                "mean_image_mse": float((self.sum_sq / self.n - mean.pow(2)).clamp(min=0).mean())}
+
+
 def bits_per_dim(nll: float, model: VAE, transform: Transform, image_shape: tuple[int, ...]) -> float | None:
     """Bits per 8-bit pixel dimension, or None where the model is not one of 8-bit pixels.
 
@@ -72,6 +103,7 @@ def evaluate_model(model: VAE, transform: Transform, images: torch.Tensor, iw_sa
     gen = torch.Generator(device=device).manual_seed(seed)
     totals = {"elbo": 0.0, "recon": 0.0, "kl": 0.0, "nll_iw": 0.0}
     means = []
+    errors = ReconstructionError()
     batches = range(0, len(images), batch_size)
     if progress:
         from tqdm.auto import tqdm
@@ -84,13 +116,16 @@ def evaluate_model(model: VAE, transform: Transform, images: torch.Tensor, iw_sa
             totals[key] += float(terms[key].double().sum())
         if iw_samples > 0:
             totals["nll_iw"] -= float(model.log_likelihood(x, iw_samples, generator=gen).double().sum())
-        means.append(model.encode(x).mean.double())
+        posterior_mean = model.encode(x).mean
+        errors.add(model, transform, posterior_mean, images[start:start + batch_size])
+        means.append(posterior_mean.double())
     n = len(images)
     result = {k: v / n for k, v in totals.items()}
     if iw_samples <= 0:
         result["nll_iw"] = None
     mean = torch.cat(means)
     result["active_units"] = int((mean.var(0) > ACTIVE_UNIT_THRESHOLD).sum()) if n > 1 else 0
+    result.update(errors.result())
     result["iw_samples"] = iw_samples
     result["n_images"] = n
     nll = result["nll_iw"] if result["nll_iw"] is not None else -result["elbo"]

@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 from .diagnostics import instability_episodes, latent_activity
 from .errors import VaelabError
 from .imagegrid import make_grid
-from .train.callbacks import decode_images, progress_frames
+from .train.callbacks import decode_images, progress_frames, read_step_stats
 
 DPI = 100
 NATS = "nats/image"
@@ -44,7 +44,7 @@ FIGURES: dict[str, tuple[str, str]] = {
                    "units (Var_x E[z_i] > 0.01) in colour."),
     "training_curves": ("Training curves", "Per epoch: training loss, reconstruction, KL, beta, learning "
                         "rate and validation ELBO; NaN and skip events marked."),
-    "latent_stats": ("Latent statistics over training", "Per epoch, over a fixed batch of validation images: "
+    "latent_stats": ("Latent statistics over training", "Per epoch (every train.stats_every_steps steps when set), over a fixed batch of validation images: "
                      "the spread (min, max, mean) of posterior means and standard deviations."),
     "progress": ("Progress over training", "The same fixed noise decoded at saved epochs."),
 }
@@ -92,6 +92,17 @@ def encode_latents(run, split: str | None = None, limit: int = 10000) -> Latents
 
 def _decode(run, z: torch.Tensor) -> torch.Tensor:
     return decode_images(run.model, run.transform, z)
+
+
+def across_classes(labels: torch.Tensor, n: int) -> torch.Tensor:
+    """Indices of n images taken round-robin over the classes (the first of each class, then
+    the second, ...), so a figure shows every class rather than the first n of one."""
+    labels = torch.as_tensor(labels).reshape(-1)
+    if len(labels) == 0:
+        return torch.zeros(0, dtype=torch.long)
+    by_class = [torch.nonzero(labels == c).flatten() for c in torch.unique(labels)]
+    order = [int(idx[r]) for r in range(max(len(i) for i in by_class)) for idx in by_class if r < len(idx)]
+    return torch.tensor(order[:n], dtype=torch.long)
 
 
 def _originals(images: torch.Tensor) -> torch.Tensor:
@@ -177,8 +188,8 @@ def prior_samples(run, path, n: int = 10, seed: int = 0) -> Path:
 def reconstructions(run, path, n: int = 20, per_row: int = 10, split: str | None = None, seed: int = 0) -> Path:
     """Pairs of rows: originals above their reconstructions at the posterior mean."""
     split = split or figure_split(run)
-    images, _ = run.images(split)
-    images = images[:n]
+    images, labels = run.images(split)
+    images = images[across_classes(labels, n)]
     recon = run.reconstruct(images, seed=seed)
     originals = _originals(images)
     rows, labels = [], []
@@ -197,8 +208,8 @@ def reconstructions(run, path, n: int = 20, per_row: int = 10, split: str | None
 def analogies(run, path, n_rows: int = 8, n_samples: int = 8, split: str | None = None, seed: int = 0) -> Path:
     """Each row an original, then decodings of ``n_samples`` draws from its posterior."""
     split = split or figure_split(run)
-    images, _ = run.images(split)
-    images = images[:n_rows]
+    images, labels = run.images(split)
+    images = images[across_classes(labels, n_rows)]
     model, device = run.model, run.device
     gen = torch.Generator(device=device).manual_seed(seed)
     q = model.encode(run.transform.fixed(images.to(device), seed=seed))
@@ -450,7 +461,8 @@ def draw_training_curves(rows: list[dict], title: str = "Training curves") -> Fi
 
 
 def latent_stats(rows: list[dict], path) -> Path:
-    """Per epoch: min, max and mean of posterior means and standard deviations on a fixed batch."""
+    """Per epoch (metrics.jsonl rows) or every N steps (progress/steps.jsonl rows, whose epoch
+    is fractional): min, max and mean of posterior means and standard deviations on a fixed batch."""
     if not rows or not np.isfinite(_series(rows, "latent_mean_mean")).any():
         return _message_figure(path, "Latent statistics over training",
                                "no latent statistics in metrics.jsonl (train.log_latent_stats=false)")
@@ -475,10 +487,11 @@ def draw_latent_stats(rows: list[dict]) -> Figure:
         ax.legend(fontsize=8)
     low, high = np.nanmin(_series(rows, "latent_std_min")), np.nanmax(_series(rows, "latent_std_max"))
     if low > 0 and high / low > 50:  # stds shrink by orders of magnitude on well-fitted data
-        from matplotlib.ticker import ScalarFormatter
-
         axes[1].set_yscale("log")
-        axes[1].yaxis.set_major_formatter(ScalarFormatter())
+        if low >= 1e-3:  # plain decimals read best; below 1e-3 they would print as 0.000
+            from matplotlib.ticker import ScalarFormatter
+
+            axes[1].yaxis.set_major_formatter(ScalarFormatter())
     fig.suptitle("Latent statistics over training (a fixed batch of validation images)", fontsize=11)
     return fig
 
@@ -539,7 +552,7 @@ def write_figures(run, out_dir, seed: int = 0, latents: Latents | None = None) -
                                        f"{int(latents.active.sum())} of {len(latents.active)} active, "
                                        f"total {latents.kl_per_dim.sum():.2f} {NATS}"),
         "training_curves": training_curves(rows, out / "training_curves.png"),
-        "latent_stats": latent_stats(rows, out / "latent_stats.png"),
+        "latent_stats": latent_stats(read_step_stats(run.path) or rows, out / "latent_stats.png"),
         "progress": progress(run.path, out / "progress.png"),
     }
     gif = Path(run.path) / PROGRESS_DIR / PROGRESS_GIF

@@ -307,7 +307,21 @@ class Gaussian(Likelihood):
         return self.variance_l2 * _sum_event(log_var**2).mean()
 
     def init_bias(self) -> dict[int, float]:
-        return {1: self.logvar_init_bias} if self.variance_kind == "learned-logvar" else {}
+        """Decoder output biases that start every learned variance at exp(logvar_init_bias).
+
+        For relu and softplus the raw output v gives sigma**2 = squash(v) + eps; a bias of 0
+        would start half the relu variances at eps itself, where (x - mean)**2 / eps makes the
+        first steps' loss and gradients enormous (issue 10: svhn-conv-gaussian stayed noise).
+        """
+        kind, target = self.variance_kind, math.exp(self.logvar_init_bias)
+        if kind == "learned-logvar":
+            return {1: self.logvar_init_bias}
+        if kind == "relu":
+            return {1: max(target - self.variance_eps, 0.0)}
+        if kind == "softplus":
+            v = max(target - self.variance_eps, 1e-6)
+            return {1: v + math.log(-math.expm1(-v))}  # softplus^-1(v)
+        return {}
 
 
 # ---------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__
-from .diagnostics import Finding, collapse_warmup, decoder_z_sensitivity, diagnose_collapse, diagnose_training
+from .diagnostics import Finding, collapse_warmup, decoder_z_sensitivity, diagnose_model, diagnose_training, psnr
 from .errors import VaelabError
 
 CSS = """
@@ -30,7 +30,7 @@ figure { margin: 1em 0 2em; } figure img { max-width: 100%; height: auto; border
 figcaption { color: #555; font-size: 0.92em; margin-top: 0.3em; }
 .finding { border-left: 5px solid #999; background: #f7f7f7; padding: 0.5em 0.8em; margin: 0.5em 0; }
 .finding.ok { border-color: #2a9d3a; } .finding.note { border-color: #3a78c9; }
-.finding.warning { border-color: #e69500; background: #fff8e8; } .finding.collapse { border-color: #d0312d; background: #fdeeee; }
+.finding.warning { border-color: #e69500; background: #fff8e8; } .finding.collapse, .finding.dead-encoder, .finding.failed { border-color: #d0312d; background: #fdeeee; }
 .wide { overflow-x: auto; }
 .side { display: flex; flex-wrap: wrap; gap: 1em; } .side > div { flex: 1 1 300px; }
 .side img { max-width: 100%; height: auto; }
@@ -109,6 +109,11 @@ class Summary:
     def collapsed(self) -> bool:
         return any(f.level == "collapse" for f in self.findings)
 
+    @property
+    def failed(self) -> bool:
+        """Collapsed, a dead encoder, or a model that did not learn the images."""
+        return any(f.level in ("collapse", "dead-encoder", "failed") for f in self.findings)
+
 
 def summarize_run(run, iw_samples: int = 100, limit: int = 0, probe_labels: int = 0, seed: int = 0,
                   progress: bool = False) -> Summary:
@@ -128,8 +133,12 @@ def summarize_run(run, iw_samples: int = 100, limit: int = 0, probe_labels: int 
     beta = rows[-1].get("beta", run.config.train.beta) if rows else run.config.train.beta
     # the log judges no epoch of the warm-up; a run that ended inside it is not called collapsed here either
     warmup = collapse_warmup(rows[-1].get("epoch", len(rows)), beta, run.config.train) if rows else None
-    findings = diagnose_collapse(result["kl"], result["active_units"], run.config.model.latent_dim,
-                                 z_sens, beta=beta if beta is not None else 1.0, warmup=warmup)
+    m = run.config.model
+    findings = diagnose_model(result["kl"], result["active_units"], m.latent_dim, z_sens,
+                              beta=beta if beta is not None else 1.0, warmup=warmup,
+                              recon_mse=result.get("recon_mse"), mean_image_mse=result.get("mean_image_mse"),
+                              bits_per_dim=result.get("bits_per_dim"),
+                              fixed_variance=m.likelihood == "gaussian" and m.variance == "fixed")
     findings += diagnose_training(rows)
     return Summary(run, result, latents, z_sens, findings)
 
@@ -149,6 +158,9 @@ def metrics_rows(summary: Summary) -> list[list]:
         ["active units", f"{r['active_units']} of {run.config.model.latent_dim}", "Cov_x(E_q[z]) > 0.01"],
         ["decoder dependence on z", fmt(100 * summary.z_sensitivity, 1),
          "% of the data's pixel variance moved by z ~ p(z)"],
+        ["reconstruction PSNR", fmt(psnr(r["recon_mse"]) if r.get("recon_mse") else None, 2),
+         f"dB in image space [0, 1] at the posterior mean (the mean image: "
+         f"{fmt(psnr(r['mean_image_mse']) if r.get('mean_image_mse') else None, 2)} dB)"],
     ]
     if "probe_labels" in r:
         n = r["probe_labels"]

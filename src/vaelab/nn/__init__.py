@@ -25,7 +25,7 @@ def build_decoder(m, out_shape: tuple[int, ...], n_params: int,
     if m.decoder == "mlp":
         hidden = m.decoder_hidden if m.decoder_hidden is not None else list(reversed(m.hidden))
         return MLPDecoder(m.latent_dim, out_shape, n_params, hidden, m.activation, m.batch_norm,
-                          m.dropout, init_bias)
+                          m.dropout, init_bias, m.variance_hidden)
     if len(out_shape) != 3:
         raise VaelabError(f"model.decoder=conv needs images (C, H, W), but the data are vectors of shape {out_shape}")
     return ConvDecoder(m.latent_dim, out_shape, n_params, m.conv_channels, m.conv_kernels,

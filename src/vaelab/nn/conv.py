@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from vaelab.errors import VaelabError
+from vaelab.nn.init import he_init
 from vaelab.nn.layers import ACTIVATIONS, activation_layer
 
 __all__ = ["ACTIVATIONS", "ConvDecoder", "ConvEncoder", "activation_layer", "conv_output_sizes"]
@@ -114,6 +115,7 @@ class ConvEncoder(nn.Module):
         else:
             self.dense = nn.Identity()
             self.out_features = flat
+        he_init(self, activation)
 
     def forward(self, x: Tensor) -> Tensor:
         # flatten copies channels_last maps into (C, H, W) order, so the dense layer sees the same layout
@@ -183,6 +185,7 @@ class ConvDecoder(nn.Module):
             if not last:
                 deconvs += _post(c_out, activation, batch_norm, dropout, nn.BatchNorm2d)
         self.deconvs = nn.Sequential(*deconvs)
+        he_init(self, activation, last=self.final)
         if init_bias:
             self._apply_init_bias(init_bias)
 

@@ -97,6 +97,86 @@ class ProgressGrids:
         write_progress_gif(trainer.out)
 
 
+# -- statistics every N steps ----------------------------------------------------------------
+
+STEPS_FILE = "steps.jsonl"
+STEP_BATCH = 256  # validation images whose posteriors are summarised
+
+
+def read_step_stats(run_dir: str | Path) -> list[dict]:
+    """The rows StepStats wrote (RUN_DIR/progress/steps.jsonl), in step order; [] if none."""
+    import json
+
+    path = Path(run_dir) / PROGRESS_DIR / STEPS_FILE
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut short by a kill
+            break
+    return rows
+
+
+class StepStats:
+    """Every ``every`` training steps: the spread of posterior means and standard deviations,
+    the KL and the active units on a fixed batch of validation images, with the KL weight,
+    as one line of RUN_DIR/progress/steps.jsonl, and a fixed-noise sample grid
+    progress/step-NNNNNNN.png. Collapse and recovery can happen within the first epoch (the
+    "Variational Autoencoder" project page watches them batch by batch), where per-epoch
+    numbers see only the end."""
+
+    def __init__(self, every: int, n: int = GRID_IMAGES):
+        if every < 1:
+            raise VaelabError(f"step statistics need an interval of at least 1 step, got {every}")
+        self.every, self.n = every, n
+        self.x = self.z = None
+
+    def on_train_start(self, trainer) -> None:
+        from ..pipeline import SPLIT_SEED
+
+        folder = trainer.out / PROGRESS_DIR
+        folder.mkdir(exist_ok=True)
+        images = trainer.val_images if len(trainer.val_images) > 1 else trainer.train_images
+        device = next(trainer.model.parameters()).device
+        self.x = trainer.data.transform.fixed(images[:STEP_BATCH].to(device), seed=SPLIT_SEED)
+        self.z = fixed_noise(trainer.model.latent_dim, self.n)
+        # a resumed run rewrites what came after its checkpoint: drop those lines
+        done = trainer.epoch * trainer.steps_per_epoch + (trainer._partial or {}).get("step", 0)
+        kept = [r for r in read_step_stats(trainer.out) if r["step"] <= done]
+        import json
+
+        (folder / STEPS_FILE).write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+    @torch.no_grad()
+    def on_step_end(self, trainer, step: int, beta: float) -> None:
+        if step % self.every:
+            return
+        import json
+
+        from ..imagegrid import save_grid
+
+        model = trainer.model
+        was_training = model.training
+        model.eval()
+        try:
+            q = model.encode(self.x)
+            mean, std = q.mean.float(), q.std.float()
+            row = {"step": step, "epoch": step / trainer.steps_per_epoch, "beta": beta,
+                   "kl": float(q.kl_per_dim().sum(-1).mean()),
+                   "active_units": int((mean.var(0) > 0.01).sum()) if len(mean) > 1 else 0,
+                   "latent_mean_min": float(mean.min()), "latent_mean_max": float(mean.max()),
+                   "latent_mean_mean": float(mean.mean()), "latent_std_min": float(std.min()),
+                   "latent_std_max": float(std.max()), "latent_std_mean": float(std.mean())}
+        finally:
+            model.train(was_training)
+        with open(trainer.out / PROGRESS_DIR / STEPS_FILE, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        save_grid(decode_images(model, trainer.data.transform, self.z),
+                  trainer.out / PROGRESS_DIR / f"step-{step:07d}.png", nrow=int(math.ceil(math.sqrt(self.n))))
+
+
 # -- TensorBoard -----------------------------------------------------------------------------
 
 def scalar_tag(key: str) -> str:
@@ -196,6 +276,8 @@ def training_callbacks(config) -> list:
     callbacks: list = [CollapseMonitor()]
     if t.sample_every:
         callbacks.append(ProgressGrids(t.sample_every))
+    if t.stats_every_steps:
+        callbacks.append(StepStats(t.stats_every_steps))
     if t.tensorboard:
         callbacks.append(TensorBoardLogger(image_every=t.sample_every or 1))
     return callbacks

@@ -20,9 +20,9 @@ class KLSchedule:
         self.warmup = t.warmup_epochs
         self.cycle = t.cycle_epochs
         self.step = t.anneal_step
-        # ae-then-anneal state: weight 0 until the reconstruction stops improving
-        self.weight = 0.0
-        self.annealing = False
+        self.start_rel = t.anneal_start_rel
+        # ae-then-anneal state: the epoch the rise began (None: still an autoencoder)
+        self.start: float | None = None
         self.best_recon = math.inf
 
     def beta_at(self, t: float) -> float:
@@ -32,27 +32,35 @@ class KLSchedule:
             return self.target * min(1.0, t / self.warmup)
         if self.kind == "cyclical":  # Fu et al. 2019: rise over warmup epochs, hold, repeat
             return self.target * min(1.0, (t % self.cycle) / self.warmup)
-        return self.weight  # ae-then-anneal
+        if self.start is None:  # ae-then-anneal, still in the autoencoder phase
+            return 0.0
+        # a rise of `step` per epoch, applied a fraction at every training step
+        return min(self.target, self.step * max(0.0, t - self.start))
 
-    def end_epoch(self, train_recon: float, min_delta: float = 0.0) -> None:
-        """The write-up's rule: autoencoder until recon stalls, then + step per epoch, capped."""
-        if self.kind != "ae-then-anneal":
+    def end_epoch(self, recon_error: float, epoch: int) -> None:
+        """The write-up's rule ("Variational Autoencoder" project page, KL annealing): train
+        as an autoencoder until the reconstruction is good, then raise the weight step by
+        step. "Good" is stated as: the epoch's reconstruction error (the trainer passes the
+        validation images' mean squared error in image space) improved on the best so far by
+        less than ``anneal_start_rel`` of it. ``epoch`` counts completed epochs."""
+        if self.kind != "ae-then-anneal" or self.start is not None or not math.isfinite(recon_error):
             return
-        if self.annealing:
-            self.weight = min(self.target, self.weight + self.step)
-        elif train_recon < self.best_recon - min_delta:
-            self.best_recon = train_recon
-        else:
-            self.annealing = True
-            self.weight = min(self.target, self.step)
+        best = self.best_recon
+        if math.isfinite(best) and best - recon_error < self.start_rel * abs(best):
+            self.start = float(epoch)
+        self.best_recon = min(best, recon_error)
 
     def state(self) -> dict:
-        return {"weight": self.weight, "annealing": self.annealing, "best_recon": self.best_recon}
+        return {"start": self.start, "best_recon": self.best_recon}
 
-    def load_state(self, state: dict) -> None:
-        self.weight = state["weight"]
-        self.annealing = state["annealing"]
+    def load_state(self, state: dict, epoch: int) -> None:
         self.best_recon = state["best_recon"]
+        if "start" in state:
+            self.start = state["start"]
+        elif state.get("annealing"):  # checkpoints before issue 10: the weight stepped once an epoch
+            self.start = epoch - state["weight"] / self.step if self.step > 0 else float(epoch)
+        else:
+            self.start = None
 
 
 def make_lr_scheduler(optimizer: torch.optim.Optimizer, t: TrainConfig):

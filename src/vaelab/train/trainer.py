@@ -24,8 +24,9 @@ from .. import distributed
 from .. import rundir
 from ..config import Config
 from ..data.store import MappedImages
-from ..diagnostics import collapse_warning
+from ..diagnostics import collapse_warning, psnr
 from ..errors import VaelabError
+from ..evaluate import ReconstructionError
 from ..model import VAE
 from ..pipeline import SPLIT_SEED, PreparedData, prepare_data
 from . import checkpoint as ckpt
@@ -180,7 +181,7 @@ class Trainer:
         self.data_gen.set_state(tensors["rng.data"].to("cpu") if self.device.type == "cpu" else tensors["rng.data"])
         if "rng.cuda" in tensors and self.device.type == "cuda":
             torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
-        self.kl_schedule.load_state(meta["kl_schedule"])
+        self.kl_schedule.load_state(meta["kl_schedule"], meta["epoch"])
         self.stopper.load_state(meta["stopper"])
         self.epoch = meta["epoch"]
         self.best_val = meta["best_val"]
@@ -344,7 +345,10 @@ class Trainer:
             row.update(self._validate())
             row = distributed.broadcast(row, self.dist)  # rank 0's numbers: one decision on every rank
             self.epoch += 1
-            self.kl_schedule.end_epoch(row["train_recon"], t.min_delta)
+            # the annealing trigger reads reconstruction quality in image space (free of a likelihood's
+            # constant); a run without validation images falls back to the training reconstruction
+            quality = row.get("val_recon_mse")
+            self.kl_schedule.end_epoch(quality if quality is not None else row["train_recon"], self.epoch)
             monitored = -row["val_elbo"] if t.early_stopping != "train" else row["train_loss"]
             if self.scheduler is not None:
                 if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -459,6 +463,7 @@ class Trainer:
             else:
                 sums += step_sums
                 grad_norm_max = max(grad_norm_max, float(norm))
+            self._callback("on_step_end", self.epoch * self.steps_per_epoch + step + 1, beta)
             if bar is not None:
                 bar.update(1)
                 if step % 20 == 0:
@@ -561,10 +566,13 @@ class Trainer:
         gen = torch.Generator(device=self.device).manual_seed(VAL_NOISE_SEED)
         totals = {"elbo": 0.0, "recon": 0.0, "kl": 0.0}
         means, stds, kl_dims = [], [], torch.zeros(model.latent_dim, device=self.device, dtype=torch.float64)
+        errors = ReconstructionError()
         batch = 1000
         for i, start in enumerate(range(0, len(self.val_images), batch)):
-            x = transform.fixed(self.val_images[start:start + batch].to(self.device), seed=SPLIT_SEED + i)
+            images = self.val_images[start:start + batch]
+            x = transform.fixed(images.to(self.device), seed=SPLIT_SEED + i)
             q = model.encode(x)
+            errors.add(model, transform, q.mean, images)
             params = model.decode(q.rsample(gen))
             recon = -model.likelihood.log_prob(params, x)
             kl = q.kl_per_dim()
@@ -578,7 +586,8 @@ class Trainer:
         mean, std = torch.cat(means), torch.cat(stds)
         active = int((mean.var(0) > 0.01).sum()) if n > 1 else 0
         row = {f"val_{k}": v / n for k, v in totals.items()}
-        row.update(active_units=active, kl_per_dim=(kl_dims / n).tolist())
+        row.update(active_units=active, kl_per_dim=(kl_dims / n).tolist(),
+                   **{f"val_{k}": v for k, v in errors.result().items()})
         if self.config.train.log_latent_stats:
             fixed_mean, fixed_std = mean[:256], std[:256]
             row.update(latent_mean_min=float(fixed_mean.min()), latent_mean_max=float(fixed_mean.max()),
@@ -586,10 +595,17 @@ class Trainer:
                        latent_std_max=float(fixed_std.max()), latent_std_mean=float(fixed_std.mean()))
         return row
 
+    @staticmethod
+    def _psnr_text(row: dict) -> str:
+        recon, mean_image = row.get("val_recon_mse"), row.get("val_mean_image_mse")
+        if not recon or not mean_image:
+            return ""
+        return f"val recon PSNR {psnr(recon):.1f} dB (mean image {psnr(mean_image):.1f}), "
+
     def _log_epoch(self, row: dict) -> None:
         self.log(f"epoch {row['epoch']}: loss {row['train_loss']:.3f} (recon {row['train_recon']:.3f}, "
                  f"KL {row['train_kl']:.3f}, beta {row['beta']:.3g}) val ELBO {row['val_elbo']:.3f} nats/image, "
-                 f"{row.get('active_units', 0)} active units, {row['images_per_s']:.0f} img/s")
+                 f"{row.get('active_units', 0)} active units, {self._psnr_text(row)}{row['images_per_s']:.0f} img/s")
         warning = collapse_warning(row, self.config.train)
         if warning:
             self.log("WARNING: " + warning)

@@ -1,0 +1,214 @@
+"""Issue 10: what makes the write-ups' findings show, each on small real data.
+
+Conv initialisation, the separate variance stack, per-step latent statistics, the
+diagnostics that tell a dead encoder from collapse from a failed decoder, figures across
+classes, and the findings' own definitions and checks.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+import vaelab
+from vaelab.cli import main
+from vaelab.config import Config
+from vaelab.data import load_dataset
+from vaelab.diagnostics import diagnose_model, judge_model, psnr
+from vaelab.evaluate import ReconstructionError
+from vaelab.figures import across_classes
+from vaelab.findings import FINDINGS, Criterion, arm_config, colour_overrides
+from vaelab.model import VAE
+from vaelab.presets import load_preset
+from vaelab.train.callbacks import read_step_stats
+from vaelab.transforms import Transform
+
+
+@pytest.fixture(scope="module")
+def mnist_images():
+    return torch.as_tensor(load_dataset("mnist-sample", "train").images[:512])
+
+
+# -- initialisation -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("preset", ["mnist-conv-ae", "mnist-conv-mse", "svhn-conv-bernoulli"])
+def test_conv_encoders_start_with_posterior_means_that_differ_between_images(preset, mnist_images):
+    # PyTorch's default init shrank the signal through the conv stack: the spread of posterior
+    # means over images started near 5e-5 and seed 0 never learned (a dead encoder); He init: ~1e-2
+    x = mnist_images.float() / 255
+    for seed in range(3):
+        torch.manual_seed(seed)
+        model = VAE(load_preset(preset).model, (1, 28, 28))
+        with torch.no_grad():
+            spread = float(model.encode(x).mean.var(0).mean())
+        assert spread > 1e-3, (preset, seed, spread)
+
+
+def test_the_conv_autoencoder_learns_on_every_seed(tmp_path):
+    # two short epochs on 1,440 real images: every seed uses its code and beats the mean image
+    for seed in range(3):
+        config = load_preset("mnist-conv-ae")
+        config.apply_overrides(["data.name=mnist-sample", "data.limit=1600", "train.epochs=2",
+                                f"train.seed={seed}", "train.threads=1"])
+        run = vaelab.train(config.validate(), tmp_path / f"s{seed}", progress=False)
+        last = vaelab.load_run(run).metrics()[-1]
+        assert last["active_units"] > 0, seed
+        assert last["val_recon_mse"] < 0.95 * last["val_mean_image_mse"], (seed, last)
+
+
+# -- the separate variance stack ----------------------------------------------------------------
+
+def _gaussian(*overrides: str) -> VAE:
+    config = Config()
+    config.apply_overrides(["model.likelihood=gaussian", "model.variance=relu", "model.hidden=16",
+                            "model.latent_dim=3", *overrides])
+    return VAE(config.validate().model, (10,))
+
+
+def test_a_separate_variance_stack_computes_the_variance_alone():
+    torch.manual_seed(0)
+    model = _gaussian("model.variance_hidden=8,8", "model.logvar_init_bias=-2")
+    dec = model.decoder
+    assert dec.head.out_features == 10 and dec.variance_head.out_features == 10
+    assert torch.allclose(dec.variance_head.bias, torch.full((10,), math.exp(-2) - 1e-4))
+    z = torch.randn(5, 3)
+    params = dec(z)
+    assert params.shape == (5, 2, 10)
+    params[:, 0].sum().backward()  # the mean map does not reach the variance stack
+    assert all(p.grad is None or not p.grad.any() for p in dec.variance_body.parameters())
+    assert dec.head.weight.grad.abs().sum() > 0
+
+
+def test_variance_hidden_is_refused_where_there_is_no_variance_map():
+    for extra in (["model.variance=fixed"], ["model.likelihood=bernoulli", "model.variance=fixed"],
+                  ["model.decoder=conv"]):
+        config = Config()
+        config.apply_overrides(["model.likelihood=gaussian", "model.variance=relu",
+                                "model.variance_hidden=8", *extra])
+        with pytest.raises(vaelab.VaelabError, match="variance_hidden"):
+            config.validate()
+
+
+# -- statistics every N steps ----------------------------------------------------------------------
+
+def test_step_statistics_are_written_every_n_steps_and_resume_cleanly(tmp_path):
+    config = Config()
+    config.apply_overrides(["data.name=mnist-sample", "data.limit=640", "model.hidden=32", "model.latent_dim=4",
+                            "train.batch_size=64", "train.epochs=2", "train.stats_every_steps=3",
+                            "train.threads=1"])
+    out = vaelab.train(config.validate(), tmp_path / "run", progress=False)
+    rows = read_step_stats(out)
+    steps_per_epoch = 9  # 576 training images in batches of 64
+    assert [r["step"] for r in rows] == list(range(3, 2 * steps_per_epoch + 1, 3))
+    assert all(r["latent_std_min"] <= r["latent_std_mean"] <= r["latent_std_max"] for r in rows)
+    assert (out / "progress" / "step-0000003.png").exists()
+    # a resume from epoch 1 rewrites the steps after it instead of repeating them
+    config.train.epochs = 3
+    vaelab.train(config, out, resume=True, progress=False)
+    assert [r["step"] for r in read_step_stats(out)] == list(range(3, 3 * steps_per_epoch + 1, 3))
+
+
+# -- diagnostics ----------------------------------------------------------------------------------
+
+def test_dead_encoder_collapse_and_failed_decoder_are_told_apart():
+    assert judge_model(kl=0.1, active_units=0, beta=1.0).level == "collapse"
+    dead = judge_model(kl=40.0, active_units=0, beta=1.0)
+    assert dead.level == "dead-encoder" and "annealing will not help" in dead.text
+    assert judge_model(kl=0.0, active_units=0, beta=0.0).level == "dead-encoder"
+    failed = judge_model(kl=20.0, active_units=5, beta=1.0, recon_mse=0.061, mean_image_mse=0.0605)
+    assert failed.level == "failed" and "mean image" in failed.title
+    assert judge_model(kl=20.0, active_units=5, beta=1.0, recon_mse=0.02, mean_image_mse=0.06) is None
+
+
+def test_a_density_worse_than_uniform_is_a_failure_only_with_a_learned_variance():
+    learned = diagnose_model(20.0, 5, 5, recon_mse=0.02, mean_image_mse=0.06, bits_per_dim=14.45)
+    assert [f.level for f in learned] == ["failed"]
+    assert "uniform" in learned[0].title
+    fixed = diagnose_model(20.0, 5, 5, recon_mse=0.02, mean_image_mse=0.06, bits_per_dim=13.6,
+                           fixed_variance=True)
+    assert [f.level for f in fixed] == ["note", "ok"]
+
+
+def test_reconstruction_error_is_against_the_stored_images_and_their_mean():
+    class Identity(torch.nn.Module):  # a "model" whose reconstruction is a fixed guess
+        def __init__(self, guess):
+            super().__init__()
+            self.guess = guess
+            self.likelihood = type("L", (), {"mean": staticmethod(lambda p: p)})()
+
+        def decode(self, z):
+            return self.guess.expand(len(z), *self.guess.shape[1:])
+
+    images = torch.randint(0, 256, (50, 1, 4, 4), dtype=torch.uint8)
+    x = images.double() / 255
+    errors = ReconstructionError()
+    errors.add(Identity(x.mean(0, keepdim=True).float()), Transform(), torch.zeros(50, 2), images)
+    result = errors.result()
+    expected = float(((x - x.mean(0)) ** 2).mean())
+    assert result["mean_image_mse"] == pytest.approx(expected, rel=1e-6)
+    assert result["recon_mse"] == pytest.approx(expected, rel=1e-5)  # the guess is the mean image
+    assert psnr(0.01) == pytest.approx(20.0)
+
+
+def test_figures_take_their_images_across_classes():
+    labels = torch.tensor([3, 3, 3, 1, 1, 7, 3])
+    assert across_classes(labels, 5).tolist() == [3, 0, 5, 4, 1]
+    assert len(across_classes(labels, 100)) == len(labels)
+
+
+# -- the findings ---------------------------------------------------------------------------------
+
+def test_every_finding_names_a_writeup_and_builds_valid_configs():
+    titles = ("Zhang", "Keng", "Na", '"Variational Autoencoder" project page')
+    for finding in FINDINGS.values():
+        assert any(t in finding.writeup for t in titles) and len(finding.claim) > 30
+        for arm in finding.arms:
+            config = arm_config(finding, arm, seed=1, colour_data="folder:/some/where", data_dir=None, threads=1)
+            assert config.train.seed == 1
+            if finding.colour:
+                assert config.data.name == "folder:/some/where" and config.data.channels == 3
+    assert colour_overrides("svhn") == ["data.name=svhn"]
+
+
+def _result(**kw):
+    base = {"status": "finished", "kl": 20.0, "active_units": 10, "beta": 1.0, "recon_mse": 0.01,
+            "mean_image_mse": 0.06, "z_sensitivity": 0.2, "nll_iw": 100.0, "bits_per_dim": 5.0,
+            "latent_std_mean": 0.5, "rows": [], "steps": []}
+    return {**base, **kw}
+
+
+def test_the_checks_pass_and_fail_on_the_numbers_they_state():
+    collapse = FINDINGS["collapse"].check
+    assert all(c.passed for c in collapse({"vae": _result(kl=0.01, active_units=0, recon_mse=0.06)}))
+    assert not all(c.passed for c in collapse({"vae": _result()}))
+    sizes = {f"z={z}": _result(nll_iw=v, active_units=min(z, 2)) for z, v in
+             ((2, 150.0), (5, 125.0), (20, 105.0), (50, 104.0), (100, 104.5))}
+    assert all(c.passed for c in FINDINGS["latent-size"].check(sizes))
+    sizes["z=50"] = _result(nll_iw=110.0)
+    assert not all(c.passed for c in FINDINGS["latent-size"].check(sizes))
+    nan = FINDINGS["variance-nan"].check
+    runs = {"log-variance": {"status": "diverged"}, "relu+eps": {"status": "finished"},
+            "relu, eps 1e-8": {"status": "diverged"}}
+    assert all(c.passed for c in nan(runs))
+    assert not nan({**runs, "relu+eps": {"status": "diverged"}})[1].passed
+    assert isinstance(nan(runs)[0], Criterion)
+
+
+def test_reproduce_lists_and_refuses_bad_input(capsys, tmp_path):
+    assert main(["reproduce", "--list"]) == 0
+    assert "collapse" in capsys.readouterr().out
+    assert main(["reproduce", "no-such-finding", "--out", str(tmp_path / "r")]) == 2
+    assert "vaelab reproduce --list" in capsys.readouterr().err
+    assert main(["reproduce", "collapse", "--seeds", "a,b", "--out", str(tmp_path / "r")]) == 2
+    assert "--seeds" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    assert main(["reproduce", "collapse", "--out", str(tmp_path / "file")]) == 2
+    done = tmp_path / "done"
+    done.mkdir()
+    (done / "results.json").write_text(json.dumps({}))
+    assert main(["reproduce", "collapse", "--out", str(done), "--data-dir", str(tmp_path)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (done / "results.json").read_text() == "{}"  # nothing overwritten
