@@ -324,7 +324,9 @@ def test_collapse_warning_on_near_zero_kl_or_no_active_units():
     assert "KL 0.100 nats/image" in collapse_warning({**base, "val_kl": 0.1})
     assert "no active latent units" in collapse_warning({**base, "val_kl": 0.1, "active_units": 0})
     # means that do not move although the KL is far from 0: a dead encoder, not collapse
-    assert collapse_warning({**base, "active_units": 0}).startswith("dead encoder")
+    assert collapse_warning({**base, "val_kl": 12.0, "active_units": 0}).startswith("dead encoder")
+    # no active unit at a KL the KL term is still pulling down (<= 5 nats): collapse under way
+    assert collapse_warning({**base, "val_kl": 0.8, "active_units": 0}).startswith("posterior collapse")
     # beta = 0: no collapse, but an encoder whose means do not move is still dead
     assert collapse_warning({**base, "val_kl": 0.0, "beta": 0.0}) is None
     assert collapse_warning({**base, "val_kl": 0.0, "active_units": 0, "beta": 0.0}).startswith("dead encoder")

@@ -212,3 +212,38 @@ def test_reproduce_lists_and_refuses_bad_input(capsys, tmp_path):
     assert main(["reproduce", "collapse", "--out", str(done), "--data-dir", str(tmp_path)]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert (done / "results.json").read_text() == "{}"  # nothing overwritten
+
+
+def test_a_dead_encoder_is_reported_while_an_annealed_weight_is_still_0():
+    from vaelab.config import TrainConfig
+    from vaelab.diagnostics import collapse_warning
+
+    t = TrainConfig(kl_schedule="ae-then-anneal")
+    dead = {"epoch": 10, "beta": 0.0, "val_kl": 0.0, "active_units": 0}
+    assert collapse_warning(dead, t).startswith("dead encoder")
+    # collapse itself waits for the weight to reach its cap
+    assert collapse_warning({**dead, "beta": 0.5, "val_kl": 0.1}, t) is None
+
+
+def test_a_flat_reconstruction_starts_the_rise_even_at_a_zero_threshold():
+    from vaelab.config import TrainConfig
+    from vaelab.train.schedules import KLSchedule
+
+    s = KLSchedule(TrainConfig(kl_schedule="ae-then-anneal", anneal_start_rel=0.0))
+    s.end_epoch(0.05, 1)
+    s.end_epoch(0.05, 2)
+    assert s.start == 2
+
+
+def test_step_rows_of_a_redone_epoch_replace_the_old_ones(tmp_path):
+    (tmp_path / "progress").mkdir()
+    rows = [{"step": 3, "kl": 1.0}, {"step": 6, "kl": 2.0}, {"step": 3, "kl": 5.0}, {"step": 6, "kl": 6.0}]
+    (tmp_path / "progress" / "steps.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"ste')
+    assert read_step_stats(tmp_path) == rows[2:]
+
+
+def test_ae_then_anneal_needs_validation_images():
+    config = Config()
+    config.apply_overrides(["train.kl_schedule=ae-then-anneal", "data.val_fraction=0"])
+    with pytest.raises(vaelab.VaelabError, match="val_fraction"):
+        config.validate()

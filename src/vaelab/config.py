@@ -231,6 +231,9 @@ class Config:
                               "train.kl_schedule=constant and train.free_bits=0")
         if t.objective == "iwae" and m.variance_l2 > 0:
             raise VaelabError("model.variance_l2 applies to the ELBO objective only: set it to 0 with train.objective=iwae")
+        if d.val_fraction == 0 and t.kl_schedule == "ae-then-anneal":
+            raise VaelabError("train.kl_schedule=ae-then-anneal starts on the validation reconstruction error, but "
+                              "data.val_fraction=0 holds out no images: raise it (e.g. 0.1)")
         if d.val_fraction == 0 and (t.early_stopping == "val" or
                                     (t.lr_schedule == "plateau" and t.early_stopping != "train")):
             raise VaelabError("the validation loss is monitored (train.early_stopping=val or train.lr_schedule=plateau) "

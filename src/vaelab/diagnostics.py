@@ -33,6 +33,9 @@ Z_SENSITIVITY_THRESHOLD = 0.01
 #: epoch 1 (under the 1% threshold), 4% after epoch 2 and 7% after epoch 3, so a warning any
 #: earlier is noise about a model that has not started, not a diagnosis of one that gave up
 COLLAPSE_WARMUP_EPOCHS = 3
+#: nats per image: with beta > 0, posterior means identical across images at a KL above this
+#: are a dead encoder; below it (and above KL_NEAR_ZERO) the KL term is still pulling them in
+DEAD_ENCODER_KL = 5.0
 #: reconstructions whose mean squared error is above this fraction of the mean image's
 #: have not learned the images (a model that did learns a good deal more than the mean)
 MEAN_IMAGE_MARGIN = 0.95
@@ -87,7 +90,8 @@ def collapse_warning(row: dict, t=None) -> str | None:
     verdicts as the report, said in the log. Epochs in the warm-up are not judged
     (see collapse_warmup), nor is collapse in epochs trained with beta = 0.
     """
-    if collapse_warmup(row.get("epoch", COLLAPSE_WARMUP_EPOCHS), row.get("beta"), t):
+    epoch = row.get("epoch", COLLAPSE_WARMUP_EPOCHS)
+    if epoch < COLLAPSE_WARMUP_EPOCHS:
         return None
     kl = row.get("val_kl")
     if not _finite(kl):
@@ -96,7 +100,9 @@ def collapse_warning(row: dict, t=None) -> str | None:
     finding = judge_model(kl, row.get("active_units"), beta=1.0 if beta is None else beta,
                           recon_mse=row.get("val_recon_mse"), mean_image_mse=row.get("val_mean_image_mse"),
                           epoch=row.get("epoch"))
-    return None if finding is None else f"{finding.title}: {finding.text}"
+    if finding is None or (finding.level == "collapse" and collapse_warmup(epoch, row.get("beta"), t)):
+        return None  # while the KL weight still rises, collapse is not judged; a dead encoder is
+    return f"{finding.title}: {finding.text}"
 
 
 def judge_model(kl: float | None, active_units: int | None, beta: float = 1.0,
@@ -107,23 +113,28 @@ def judge_model(kl: float | None, active_units: int | None, beta: float = 1.0,
     - posterior collapse: the KL term (beta > 0) pushed q(z|x) onto the prior, so the KL is
       near zero; nothing reaches the decoder from x;
     - a dead encoder: the posterior means are the same for every image although nothing
-      pulls them together (beta = 0, or a KL well above zero): the encoder never learned
-      (e.g. dead ReLUs at initialisation); KL annealing cannot help it;
+      pulls them together (beta = 0, or a KL above DEAD_ENCODER_KL, which the KL term would
+      not leave there): the encoder never learned (e.g. dead ReLUs at initialisation); KL
+      annealing cannot help it. With beta > 0 and a KL between the two thresholds the KL
+      term is still pulling the posteriors in: that is collapse under way;
     - samples independent of z: the code varies but the decoder ignores it;
     - a failed decoder: the code is in use but the reconstructions are no better than the
       data's mean image (in image space): the model did not learn, whatever its KL.
     """
     at = f" at epoch {epoch}" if epoch is not None else ""
     kl_ok = _finite(kl)
-    if beta > 0 and kl_ok and kl < KL_NEAR_ZERO:
+    collapsing = active_units == 0 and kl_ok and kl <= DEAD_ENCODER_KL
+    if beta > 0 and kl_ok and (kl < KL_NEAR_ZERO or collapsing):
         units = "no active latent units" if active_units == 0 else f"{active_units} active units"
-        return Finding("collapse", "posterior collapse", f"KL {kl:.3f} nats/image (< {KL_NEAR_ZERO}){at}, {units}: "
+        size = f"(< {KL_NEAR_ZERO})" if kl < KL_NEAR_ZERO else f"(<= {DEAD_ENCODER_KL:g}, falling)"
+        return Finding("collapse", "posterior collapse", f"KL {kl:.3f} nats/image {size}{at}, {units}: "
                        f"the KL term pushed q(z|x) onto the prior and the decoder makes one image for every z. "
                        f"Try KL annealing (train.kl_schedule=ae-then-anneal or linear), free bits "
                        f"(train.free_bits), a smaller decoder, or a narrower decoder (a fixed Gaussian sigma as wide "
                        f"as the data makes the reconstruction term weak against the KL)")
     if active_units == 0:
-        why = "the KL weight is 0" if beta == 0 else f"the KL is {kl:.2f} nats/image, far from 0" if kl_ok else ""
+        why = ("the KL weight is 0" if beta == 0 else f"the KL is {kl:.2f} nats/image, far from 0" if kl_ok
+               else "the KL is not finite")
         return Finding("dead-encoder", "dead encoder", f"the posterior means are the same for every image{at} "
                        f"although nothing pulls them together ({why}): the encoder never learned to read the "
                        f"image, so KL annealing will not help. Usual causes: ReLU units dead from the start "
@@ -144,6 +155,13 @@ def judge_model(kl: float | None, active_units: int | None, beta: float = 1.0,
                        f"train.lr), a learned variance's start and floor (model.logvar_init_bias, "
                        f"model.variance_eps), the initialisation (another train.seed), and train longer")
     return None
+
+
+def latent_spread(mean: torch.Tensor, std: torch.Tensor) -> dict:
+    """Min, max and mean of posterior means and standard deviations over units and images."""
+    return {"latent_mean_min": float(mean.min()), "latent_mean_max": float(mean.max()),
+            "latent_mean_mean": float(mean.mean()), "latent_std_min": float(std.min()),
+            "latent_std_max": float(std.max()), "latent_std_mean": float(std.mean())}
 
 
 def psnr(mse: float) -> float:

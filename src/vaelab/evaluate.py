@@ -110,14 +110,15 @@ def evaluate_model(model: VAE, transform: Transform, images: torch.Tensor, iw_sa
 
         batches = tqdm(batches, desc=f"eval (K={iw_samples})", leave=False)
     for i, start in enumerate(batches):
-        x = transform.fixed(images[start:start + batch_size].to(device), seed=seed + 1 + i)
+        batch = images[start:start + batch_size].to(device)  # read once (a memory-mapped store reads the disk)
+        x = transform.fixed(batch, seed=seed + 1 + i)
         terms = model.elbo_terms(x, generator=gen)
         for key in ("elbo", "recon", "kl"):
             totals[key] += float(terms[key].double().sum())
         if iw_samples > 0:
             totals["nll_iw"] -= float(model.log_likelihood(x, iw_samples, generator=gen).double().sum())
         posterior_mean = model.encode(x).mean
-        errors.add(model, transform, posterior_mean, images[start:start + batch_size])
+        errors.add(model, transform, posterior_mean, batch)
         means.append(posterior_mean.double())
     n = len(images)
     result = {k: v / n for k, v in totals.items()}

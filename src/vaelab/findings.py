@@ -111,7 +111,7 @@ def _check_annealing(res):
     steps = res["annealed"]["steps"] or [dict(row, kl=row.get("val_kl")) for row in rows]
     kept = [row for row in steps if (row.get("beta") or 0) > 0 and (row.get("active_units") or 0) >= 10
             and (row.get("kl") or 0) >= 0.5]
-    dead = [row for row in steps if (row.get("beta") or 0) > 0 and (row.get("kl") or 9) < 0.5]
+    dead = [row for row in steps if (row.get("beta") or 0) > 0 and row.get("kl") is not None and row["kl"] < 0.5]
     constant = res["constant"]["rows"]
     return [
         Criterion("with the KL weight held at 1 from the start, the code is gone after epoch 1 (KL < 0.5)",
@@ -344,6 +344,8 @@ def reproduce(name: str, out: str | Path, seeds: list[int], colour_data: str = "
         try:
             criteria = finding.check(results)
         except (KeyError, TypeError):  # an arm the check needs did not finish
+            if not broken:
+                raise
             criteria = [Criterion("every arm trains to the end", f"diverged: {', '.join(broken)}", False)]
         per_seed.append({"seed": seed, "criteria": [vars(c) for c in criteria],
                          "passed": all(c.passed for c in criteria if c.required),

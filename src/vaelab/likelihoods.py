@@ -307,7 +307,7 @@ class Gaussian(Likelihood):
         return self.variance_l2 * _sum_event(log_var**2).mean()
 
     def init_bias(self) -> dict[int, float]:
-        """Decoder output biases that start every learned variance at exp(logvar_init_bias).
+        """Decoder output biases that centre every learned variance at exp(logvar_init_bias).
 
         For relu and softplus the raw output v gives sigma**2 = squash(v) + eps; a bias of 0
         would start half the relu variances at eps itself, where (x - mean)**2 / eps makes the

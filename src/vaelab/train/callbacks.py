@@ -1,4 +1,5 @@
-"""Training-time outputs: fixed-noise sample grids and their GIF, TensorBoard, a collapse check.
+"""Training-time outputs: fixed-noise sample grids and their GIF, latent statistics every N
+steps, TensorBoard, a collapse check.
 
 Every callback here only reads the model (in eval mode, without gradients) and draws its
 noise from its own generator, so turning one on never changes what training computes.
@@ -11,7 +12,9 @@ from pathlib import Path
 
 import torch
 
+from ..diagnostics import latent_spread
 from ..errors import VaelabError
+from ..evaluate import ACTIVE_UNIT_THRESHOLD
 
 PROGRESS_DIR = "progress"
 PROGRESS_GIF = "progress.gif"
@@ -35,6 +38,12 @@ def decode_images(model, transform, z: torch.Tensor) -> torch.Tensor:
         return transform.to_images(model.likelihood.mean(model.decode(z.to(device)))).float().cpu()
     finally:
         model.train(was_training)
+
+
+def monitor_images(trainer):
+    """The images training-time checks look at: the validation images, or the training
+    images when none are held out."""
+    return trainer.val_images if len(trainer.val_images) > 1 else trainer.train_images
 
 
 def _due(epoch: int, every: int, last: int) -> bool:
@@ -110,18 +119,20 @@ def read_step_stats(run_dir: str | Path) -> list[dict]:
     path = Path(run_dir) / PROGRESS_DIR / STEPS_FILE
     if not path.is_file():
         return []
-    rows = []
+    rows = {}
     for line in path.read_text().splitlines():
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:  # a line cut short by a kill
             break
-    return rows
+        rows[row["step"]] = row  # an epoch redone after a NaN rollback rewrites its steps: the last counts
+    return [rows[step] for step in sorted(rows)]
 
 
 class StepStats:
     """Every ``every`` training steps: the spread of posterior means and standard deviations,
-    the KL and the active units on a fixed batch of validation images, with the KL weight,
+    the KL and the active units on a fixed batch of validation images (training images when
+    none are held out), with the KL weight,
     as one line of RUN_DIR/progress/steps.jsonl, and a fixed-noise sample grid
     progress/step-NNNNNNN.png. Collapse and recovery can happen within the first epoch (the
     "Variational Autoencoder" project page watches them batch by batch), where per-epoch
@@ -138,7 +149,7 @@ class StepStats:
 
         folder = trainer.out / PROGRESS_DIR
         folder.mkdir(exist_ok=True)
-        images = trainer.val_images if len(trainer.val_images) > 1 else trainer.train_images
+        images = monitor_images(trainer)
         device = next(trainer.model.parameters()).device
         self.x = trainer.data.transform.fixed(images[:STEP_BATCH].to(device), seed=SPLIT_SEED)
         self.z = fixed_noise(trainer.model.latent_dim, self.n)
@@ -165,10 +176,8 @@ class StepStats:
             mean, std = q.mean.float(), q.std.float()
             row = {"step": step, "epoch": step / trainer.steps_per_epoch, "beta": beta,
                    "kl": float(q.kl_per_dim().sum(-1).mean()),
-                   "active_units": int((mean.var(0) > 0.01).sum()) if len(mean) > 1 else 0,
-                   "latent_mean_min": float(mean.min()), "latent_mean_max": float(mean.max()),
-                   "latent_mean_mean": float(mean.mean()), "latent_std_min": float(std.min()),
-                   "latent_std_max": float(std.max()), "latent_std_mean": float(std.mean())}
+                   "active_units": int((mean.var(0) > ACTIVE_UNIT_THRESHOLD).sum()) if len(mean) > 1 else 0,
+                   **latent_spread(mean, std)}
         finally:
             model.train(was_training)
         with open(trainer.out / PROGRESS_DIR / STEPS_FILE, "a") as f:
@@ -258,8 +267,7 @@ class CollapseMonitor:
 
         if collapse_warmup(trainer.epoch, row.get("beta"), trainer.config.train):
             return
-        images = trainer.val_images if len(trainer.val_images) > 1 else trainer.train_images
-        ratio = decoder_z_sensitivity(trainer.model, trainer.data.transform, images)
+        ratio = decoder_z_sensitivity(trainer.model, trainer.data.transform, monitor_images(trainer))
         collapsed = math.isfinite(ratio) and ratio < Z_SENSITIVITY_THRESHOLD
         if collapsed and not self.collapsed:
             trainer.log(f"WARNING: samples independent of z at epoch {trainer.epoch}: decoding different "

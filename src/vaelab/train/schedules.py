@@ -46,7 +46,7 @@ class KLSchedule:
         if self.kind != "ae-then-anneal" or self.start is not None or not math.isfinite(recon_error):
             return
         best = self.best_recon
-        if math.isfinite(best) and best - recon_error < self.start_rel * abs(best):
+        if math.isfinite(best) and best - recon_error <= self.start_rel * abs(best):
             self.start = float(epoch)
         self.best_recon = min(best, recon_error)
 

@@ -24,7 +24,7 @@ from .. import distributed
 from .. import rundir
 from ..config import Config
 from ..data.store import MappedImages
-from ..diagnostics import collapse_warning, psnr
+from ..diagnostics import collapse_warning, latent_spread, psnr
 from ..errors import VaelabError
 from ..evaluate import ReconstructionError
 from ..model import VAE
@@ -345,10 +345,9 @@ class Trainer:
             row.update(self._validate())
             row = distributed.broadcast(row, self.dist)  # rank 0's numbers: one decision on every rank
             self.epoch += 1
-            # the annealing trigger reads reconstruction quality in image space (free of a likelihood's
-            # constant); a run without validation images falls back to the training reconstruction
-            quality = row.get("val_recon_mse")
-            self.kl_schedule.end_epoch(quality if quality is not None else row["train_recon"], self.epoch)
+            # the annealing trigger reads reconstruction quality in image space, free of a likelihood's
+            # constant (ae-then-anneal needs validation images: Config.validate)
+            self.kl_schedule.end_epoch(row.get("val_recon_mse", math.nan), self.epoch)
             monitored = -row["val_elbo"] if t.early_stopping != "train" else row["train_loss"]
             if self.scheduler is not None:
                 if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -569,8 +568,8 @@ class Trainer:
         errors = ReconstructionError()
         batch = 1000
         for i, start in enumerate(range(0, len(self.val_images), batch)):
-            images = self.val_images[start:start + batch]
-            x = transform.fixed(images.to(self.device), seed=SPLIT_SEED + i)
+            images = self.val_images[start:start + batch].to(self.device)
+            x = transform.fixed(images, seed=SPLIT_SEED + i)
             q = model.encode(x)
             errors.add(model, transform, q.mean, images)
             params = model.decode(q.rsample(gen))
@@ -589,10 +588,7 @@ class Trainer:
         row.update(active_units=active, kl_per_dim=(kl_dims / n).tolist(),
                    **{f"val_{k}": v for k, v in errors.result().items()})
         if self.config.train.log_latent_stats:
-            fixed_mean, fixed_std = mean[:256], std[:256]
-            row.update(latent_mean_min=float(fixed_mean.min()), latent_mean_max=float(fixed_mean.max()),
-                       latent_mean_mean=float(fixed_mean.mean()), latent_std_min=float(fixed_std.min()),
-                       latent_std_max=float(fixed_std.max()), latent_std_mean=float(fixed_std.mean()))
+            row.update(latent_spread(mean[:256], std[:256]))
         return row
 
     @staticmethod
