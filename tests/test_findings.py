@@ -247,3 +247,29 @@ def test_ae_then_anneal_needs_validation_images():
     config.apply_overrides(["train.kl_schedule=ae-then-anneal", "data.val_fraction=0"])
     with pytest.raises(vaelab.VaelabError, match="val_fraction"):
         config.validate()
+
+
+# -- issue 11, the parts done here ------------------------------------------------------------------
+
+def test_train_refuses_a_file_as_run_directory_and_too_little_data(tmp_path, capsys):
+    target = tmp_path / "file"
+    target.write_text("keep me")
+    assert main(["train", "--preset", "demo", "--out", str(target), "--quiet"]) == 2
+    assert "is a file" in capsys.readouterr().err and target.read_text() == "keep me"
+    assert main(["train", "--preset", "demo", "--set", "data.limit=1", "--out", str(tmp_path / "r"), "--quiet"]) == 2
+    assert "too few for one step" in capsys.readouterr().err
+
+
+def test_no_validation_is_said_plainly_in_the_log(tmp_path):
+    config = Config()
+    config.apply_overrides(["data.name=mnist-sample", "data.limit=300", "data.val_fraction=0", "model.hidden=16",
+                            "model.latent_dim=2", "train.epochs=1", "train.threads=1"])
+    out = vaelab.train(config.validate(), tmp_path / "r", progress=False)
+    log = (out / "train.log").read_text()
+    assert "no validation images (data.val_fraction=0)" in log and "nan" not in log
+
+
+def test_config_applies_overrides_without_a_preset(capsys):
+    assert main(["config", "--set", "model.latent_dim=7"]) == 0
+    assert json.loads(capsys.readouterr().out)["model"]["latent_dim"] == 7
+    assert main(["config", "--set", "model.no_such_key=1"]) == 2

@@ -230,10 +230,11 @@ def cmd_presets(args) -> int:
 def cmd_config(args) -> int:
     from .config import describe_keys
 
-    if args.preset:
+    if args.preset or args.set:  # a resolved config: a preset's, or the defaults', with the overrides
+        from .config import Config
         from .presets import load_preset
 
-        config = load_preset(args.preset)
+        config = load_preset(args.preset) if args.preset else Config()
         config.apply_overrides(args.set or [])
         print(json.dumps(config.validate().to_dict(), indent=2))
         return 0

@@ -143,6 +143,9 @@ class Trainer:
         # a last batch of one is dropped (batch norm); with several processes, every rank needs one image
         last = 2 if self.dist is None else max(2, self.dist.world)
         self.steps_per_epoch = n // t.batch_size + (1 if n % t.batch_size >= last else 0)
+        if self.steps_per_epoch == 0 and t.epochs > 0:
+            raise VaelabError(f"only {n} training image(s) after holding out validation: too few for one step "
+                              f"(at least {last} are needed); raise data.limit or lower data.val_fraction")
 
     # -- checkpoint state ----------------------------------------------------------------
     def _state(self, partial: dict | None = None) -> tuple[dict, dict]:
@@ -599,9 +602,13 @@ class Trainer:
         return f"val recon PSNR {psnr(recon):.1f} dB (mean image {psnr(mean_image):.1f}), "
 
     def _log_epoch(self, row: dict) -> None:
+        if len(self.val_images) == 0:  # data.val_fraction=0: say so rather than print nan
+            held_out = "no validation images (data.val_fraction=0), "
+        else:
+            held_out = (f"val ELBO {row['val_elbo']:.3f} nats/image, {row.get('active_units', 0)} active units, "
+                        f"{self._psnr_text(row)}")
         self.log(f"epoch {row['epoch']}: loss {row['train_loss']:.3f} (recon {row['train_recon']:.3f}, "
-                 f"KL {row['train_kl']:.3f}, beta {row['beta']:.3g}) val ELBO {row['val_elbo']:.3f} nats/image, "
-                 f"{row.get('active_units', 0)} active units, {self._psnr_text(row)}{row['images_per_s']:.0f} img/s")
+                 f"KL {row['train_kl']:.3f}, beta {row['beta']:.3g}) {held_out}{row['images_per_s']:.0f} img/s")
         warning = collapse_warning(row, self.config.train)
         if warning:
             self.log("WARNING: " + warning)
@@ -684,6 +691,9 @@ def train(config: Config, out: str | Path, resume: bool = False, overwrite: bool
           progress: bool = True, callbacks: list | None = None) -> Path:
     """Train a VAE into the run directory ``out``; returns its path."""
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise VaelabError(f"{out} is a file, not a run directory: give --out a folder (new, or with "
+                          f"--overwrite an old run directory)")
     ctx = distributed.init(config.train.device)  # several processes (torchrun): join them first
     if resume:
         if not (out / rundir.CONFIG).exists():
