@@ -215,3 +215,16 @@ def test_run_labels_and_config_differences(tmp_path):
 def test_compare_cli_bad_input(tmp_path, capsys):
     assert main(["compare", str(tmp_path / "missing"), "--out", str(tmp_path / "cmp")]) == 2
     assert "not a vaelab run directory" in capsys.readouterr().err
+
+
+def test_compare_skips_files_and_refuses_a_non_run_folder_before_writing(run2d, tmp_path, capsys):  # noqa: F811
+    results = tmp_path / "results.csv"  # what `compare runs/latent/*` picks up after a sweep
+    results.write_text("a,b\n")
+    out = tmp_path / "cmp"
+    assert main(["compare", str(tmp_path / "empty-folder"), str(run2d.path), "--out", str(out), "--iw-samples", "0",
+                 "--quiet"]) == 2
+    assert not out.exists()  # refused before any PNG was written
+    assert main(["compare", str(results), "--out", str(out)]) == 2
+    assert "are files" in capsys.readouterr().err
+    assert main(["compare", str(results), str(run2d.path), "--out", str(out), "--iw-samples", "0", "--quiet"]) == 0
+    assert f"skipped {results}" in capsys.readouterr().out

@@ -128,20 +128,30 @@ def _markdown(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join([line(header), line(["---"] * len(header))] + [line(r) for r in rows]) + "\n"
 
 
+def split_run_paths(paths: list[str | Path]) -> tuple[list[Path], list[Path]]:
+    """(run directories, skipped files): a shell glob over a sweep folder also matches its
+    results.csv and results.md; files are skipped, and no run directory at all is an error."""
+    paths = [Path(p) for p in paths]
+    runs = [p for p in paths if not p.is_file()]
+    if not runs:
+        raise VaelabError("vaelab compare needs at least one run directory"
+                          + (f"; {', '.join(str(p) for p in paths)} are files" if paths else ""))
+    return runs, [p for p in paths if p.is_file()]
+
+
 def compare_runs(run_dirs: list[str | Path], out_dir: str | Path, iw_samples: int = 100, limit: int = 0,
                  probe_labels: int = 0, seed: int = 0, progress: bool = False) -> dict[str, Path]:
     """Write compare.html, compare.md, compare.csv and the PNGs they show into ``out_dir``."""
     from .figures import latent_space, manifold, prior_samples
     from .runs import load_run
 
-    if not run_dirs:
-        raise VaelabError("vaelab compare needs at least one run directory")
+    run_dirs, _ = split_run_paths(run_dirs)
+    runs = [load_run(p) for p in run_dirs]  # every run loads (or is refused) before anything is written
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    labels = run_labels([Path(p) for p in run_dirs])
+    labels = run_labels(run_dirs)
     summaries, table_rows, images = [], [], []
-    for label, run_dir in zip(labels, run_dirs):
-        run = load_run(run_dir)
+    for label, run in zip(labels, runs):
         summary = summarize_run(run, iw_samples=iw_samples, limit=limit, probe_labels=probe_labels, seed=seed,
                                 progress=progress)
         stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", label)

@@ -29,9 +29,11 @@ def cmd_report(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from .compare import compare_runs
+    from .compare import compare_runs, split_run_paths
 
     _check_eval_args(args)
+    for skipped in split_run_paths(args.run_dirs)[1]:
+        print(f"skipped {skipped}: a file, not a run directory")
     paths = compare_runs(args.run_dirs, args.out, iw_samples=args.iw_samples, limit=args.limit,
                          probe_labels=args.probe_labels, seed=args.seed, progress=not args.quiet)
     print(f"wrote {paths['html']}, {paths['markdown']} and {paths['csv']}")
