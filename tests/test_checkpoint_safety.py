@@ -311,3 +311,17 @@ def test_read_only_checkpoint_folder_for_real(finished_run, tmp_path):
     finally:
         folder.chmod(0o755)
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_a_truncated_checkpoint_is_called_truncated_even_when_its_header_starts_like_a_pickle(tmp_path):
+    raw = small_checkpoint(tmp_path / "c.safetensors")
+    header = int.from_bytes(raw[:8], "little")
+    # a header of 128 + 256k bytes makes the first byte 0x80, a pickle's first byte
+    padded = (header + (0x80 - header % 256) % 256).to_bytes(8, "little") + raw[8:8 + header]
+    padded += b" " * (int.from_bytes(padded[:8], "little") - header)
+    assert padded[:1] == b"\x80"
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(padded[:len(padded) // 2])
+    with pytest.raises(VaelabError, match="truncated") as info:
+        ckpt.load_tensors(cut)
+    assert "pickle" not in str(info.value)

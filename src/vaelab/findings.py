@@ -155,13 +155,15 @@ def _check_pca(res):
 
 
 def _check_variance_nan(res):
-    logvar, relu, tiny = res["log-variance"], res["relu+eps"], res["relu, eps 1e-8"]
+    logvar, relu, tiny, slow = res["log-variance"], res["relu+eps"], res["relu, eps 1e-8"], res["relu, eps 1e-8, lr 1e-4"]
     return [
         Criterion("log-variance output at lr 1e-2: non-finite loss (stopped by the NaN guard)",
                   logvar["status"], logvar["status"] == "diverged"),
         Criterion("ReLU(v) + 1e-4 at the same lr: finite throughout", relu["status"], relu["status"] == "finished"),
-        Criterion("ReLU(v) + 1e-8 at lr 1e-2: non-finite (a lower eps needs a lower lr)", tiny["status"],
-                  tiny["status"] == "diverged"),
+        Criterion("a lower eps needs a lower lr: ReLU(v) + 1e-8 ends with a held-out ELBO over 100 times further "
+                  "below 0 at lr 1e-2 than at lr 1e-4",
+                  f"{tiny.get('elbo', math.nan):,.0f} vs {slow.get('elbo', math.nan):,.0f} nats/image",
+                  tiny["status"] == "diverged" or tiny["elbo"] < 100 * min(slow["elbo"], -1.0)),
     ]
 
 
@@ -251,8 +253,13 @@ FINDINGS: dict[str, Finding] = {f.name: f for f in [
                   "model.variance_hidden=1024,1024", "model.variance_eps=1e-4", "model.logvar_init_bias=-4.6"]),
              Arm("relu, eps 1e-8", "svhn-pca-small",
                  ["data.limit=5000", "train.epochs=2", "train.lr=0.01", "model.variance=relu",
+                  "model.variance_hidden=1024,1024", "model.variance_eps=1e-8", "model.logvar_init_bias=-4.6"]),
+             Arm("relu, eps 1e-8, lr 1e-4", "svhn-pca-small",
+                 ["data.limit=5000", "train.epochs=2", "train.lr=0.0001", "model.variance=relu",
                   "model.variance_hidden=1024,1024", "model.variance_eps=1e-8", "model.logvar_init_bias=-4.6"])],
-            _check_variance_nan, 1.0, colour=True, figures=()),
+            _check_variance_nan, 2.0, colour=True, figures=(),
+            note="Finite is not trained: at lr 1e-2 the ReLU arms end far worse than the mean image (their KL "
+                 "runs to 1e5-1e12 nats), as in the write-up, whose fix was the lower learning rate."),
     Finding("colour-arms", ZHANG,
             "on colour digits a Bernoulli decoder works with fully connected and one-conv-layer encoders, and a "
             "Gaussian decoder with sigmoid means does at least as well",

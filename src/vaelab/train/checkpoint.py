@@ -45,6 +45,11 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> No
 
 def _what_it_is(raw: bytes) -> str:
     """A short guess at what a refused file is, for the error message."""
+    if len(raw) >= 9 and raw[8:9] == b"{":  # a safetensors header: 8 bytes of length, then JSON
+        needed = 8 + int.from_bytes(raw[:8], "little")
+        if needed > len(raw):
+            return f"truncated (its header alone needs {needed:,} bytes, the file has {len(raw):,})"
+        return f"a truncated or damaged safetensors file (its header does not describe its {len(raw):,} bytes)"
     if raw[:2] == b"PK":
         return "a zip archive (torch.save writes these: they hold a pickle, which vaelab never loads)"
     if raw[:1] == b"\x80":  # the PROTO opcode that starts every pickle since protocol 2
