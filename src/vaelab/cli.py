@@ -93,6 +93,13 @@ def _print_eval(result: dict) -> None:
     print(f"  bits/dim       {bpd:.4f}" if bpd is not None else
           "  bits/dim       n/a (not a model of 8-bit pixels: binarized data or PCA components)")
     print(f"  active units   {result['active_units']}")
+    if result.get("recon_mse"):
+        from .diagnostics import psnr
+
+        print(f"  recon PSNR     {psnr(result['recon_mse']):.2f} dB   (image space; the mean image: "
+              f"{psnr(result['mean_image_mse']):.2f} dB)")
+    if "binarization" in result:
+        print(f"  binarization   {result['binarization']}")
     for key, value in result.items():
         if key.startswith("probe_"):
             print(f"  {key:<14} {value}")
@@ -138,7 +145,7 @@ def cmd_reconstruct(args) -> int:
     run = load_run(args.run_dir, device=args.device or "cpu")
     images, _ = run.images(args.split)
     images = images[:args.n]
-    shown = run.transform.to_images(run.transform.fixed(images, seed=args.seed)).cpu()
+    shown = run.transform.to_images(run.transform.fixed(images)).cpu()
     recon = run.reconstruct(images, seed=args.seed)
     # pairs of rows: originals above their reconstructions
     per_row = min(len(images), 10)
@@ -172,7 +179,7 @@ def cmd_demo(args) -> int:
     run = load_run(out)
     save_grid(run.sample(64, seed=0), out / "samples.png")
     images, _ = run.images("test")
-    save_grid(__import__("torch").cat([run.transform.fixed(images[:10], 0), run.reconstruct(images[:10])]),
+    save_grid(__import__("torch").cat([run.transform.fixed(images[:10]), run.reconstruct(images[:10])]),
               out / "reconstructions.png", nrow=10)
     result = run.evaluate("test", iw_samples=args.iw_samples)
     _print_eval(result)

@@ -18,6 +18,9 @@ from .model import VAE
 from .transforms import Transform
 
 ACTIVE_UNIT_THRESHOLD = 0.01
+#: how evaluated images are binarized, said in eval's output (transforms.image_keyed_bernoulli)
+BINARIZATION_RULE = ("each image binarized once, x ~ Bernoulli(u/255) drawn from a hash of its own pixels: the "
+                     "same binary images for every --seed, batch size and command")
 _MALLOC_TUNED = False
 
 
@@ -109,9 +112,9 @@ def evaluate_model(model: VAE, transform: Transform, images: torch.Tensor, iw_sa
         from tqdm.auto import tqdm
 
         batches = tqdm(batches, desc=f"eval (K={iw_samples})", leave=False)
-    for i, start in enumerate(batches):
+    for start in batches:
         batch = images[start:start + batch_size].to(device)  # read once (a memory-mapped store reads the disk)
-        x = transform.fixed(batch, seed=seed + 1 + i)
+        x = transform.fixed(batch)
         terms = model.elbo_terms(x, generator=gen)
         for key in ("elbo", "recon", "kl"):
             totals[key] += float(terms[key].double().sum())
@@ -127,6 +130,8 @@ def evaluate_model(model: VAE, transform: Transform, images: torch.Tensor, iw_sa
     mean = torch.cat(means)
     result["active_units"] = int((mean.var(0) > ACTIVE_UNIT_THRESHOLD).sum()) if n > 1 else 0
     result.update(errors.result())
+    if transform.name == "binarize-dynamic":
+        result["binarization"] = BINARIZATION_RULE
     result["iw_samples"] = iw_samples
     result["n_images"] = n
     nll = result["nll_iw"] if result["nll_iw"] is not None else -result["elbo"]

@@ -212,7 +212,7 @@ def analogies(run, path, n_rows: int = 8, n_samples: int = 8, split: str | None 
     images = images[across_classes(labels, n_rows)]
     model, device = run.model, run.device
     gen = torch.Generator(device=device).manual_seed(seed)
-    q = model.encode(run.transform.fixed(images.to(device), seed=seed))
+    q = model.encode(run.transform.fixed(images.to(device)))
     eps = torch.randn((len(images), n_samples, model.latent_dim), generator=gen, device=device)
     z = (q.mean.unsqueeze(1) + q.std.unsqueeze(1) * eps).reshape(-1, model.latent_dim)
     decoded = _decode(run, z).view(len(images), n_samples, *images.shape[1:])

@@ -58,7 +58,7 @@ class PCATransform(Transform):
         flat = images.flatten(1).float().div_(255.0) - self.mean
         return (flat @ self.components.T) / self.scale
 
-    def fixed(self, images, seed=0):
+    def fixed(self, images):
         return self(images)
 
     def inverse(self, x: torch.Tensor) -> torch.Tensor:

@@ -69,7 +69,7 @@ class Run:
         """Reconstructions of uint8 images, float in [0, 1]."""
         self.model.eval()
         gen = torch.Generator(device=self.device).manual_seed(seed)
-        x = self.transform.fixed(images.to(self.device), seed=seed)
+        x = self.transform.fixed(images.to(self.device))
         return self.transform.to_images(self.model.reconstruct(x, sample_posterior, gen)).cpu()
 
     @torch.no_grad()
@@ -78,7 +78,7 @@ class Run:
         self.model.eval()
         means, stds = [], []
         for start in range(0, len(images), batch_size):
-            x = self.transform.fixed(images[start:start + batch_size].to(self.device), seed=start)
+            x = self.transform.fixed(images[start:start + batch_size].to(self.device))
             q = self.model.encode(x)
             means.append(q.mean.cpu())
             stds.append(q.std.cpu())

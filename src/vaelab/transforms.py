@@ -32,8 +32,9 @@ class Transform:
         """A training batch: uint8 (B, C, H, W) -> float, possibly random (dynamic binarization)."""
         return images.float().div_(255.0)
 
-    def fixed(self, images: torch.Tensor, seed: int = 0) -> torch.Tensor:
-        """The deterministic version used for validation and evaluation."""
+    def fixed(self, images: torch.Tensor) -> torch.Tensor:
+        """The deterministic version used for validation, evaluation, figures and probes: a
+        function of each image alone (not of its batch, position or any seed)."""
         return self(images)
 
     def to_images(self, x: torch.Tensor) -> torch.Tensor:
@@ -67,6 +68,44 @@ def bernoulli_u8(images: torch.Tensor, generator: torch.Generator | None = None)
     return below.view(images.shape).to(torch.float32)
 
 
+def _int64(constant: int) -> int:
+    """A 64-bit constant as the signed int64 with the same bits."""
+    return constant - (1 << 64) if constant >= 1 << 63 else constant
+
+
+_GOLDEN, _MIX1, _MIX2 = (_int64(c) for c in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB))
+
+
+def _shift_right(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Logical right shift of int64 (torch's >> is arithmetic)."""
+    return (x >> k) & ((1 << (64 - k)) - 1)
+
+
+def _splitmix64(x: torch.Tensor) -> torch.Tensor:
+    """SplitMix64's finaliser (Steele et al. 2014): a bijective scramble of 64-bit words;
+    int64 products wrap around, as the algorithm's unsigned ones do."""
+    x = x + _GOLDEN
+    x = (x ^ _shift_right(x, 30)) * _MIX1
+    x = (x ^ _shift_right(x, 27)) * _MIX2
+    return x ^ _shift_right(x, 31)
+
+
+def image_keyed_bernoulli(images: torch.Tensor) -> torch.Tensor:
+    """x ~ Bernoulli(u / 255) for uint8 ``images`` u, drawn from each image's own pixels.
+
+    Each image is hashed to a 64-bit key; each pixel's uniform is a hash of that key and the
+    pixel's position (its top 21 bits, as in :func:`bernoulli_u8`: P(x = 1) within 5e-7 of
+    u / 255). So an image is binarized the same way in every batch, at every position, under
+    every seed and in every command (eval, validation, figures, probes), on any device.
+    """
+    flat = images.reshape(len(images), -1).long()
+    position = torch.arange(flat.shape[1], device=images.device, dtype=torch.int64)
+    key = _splitmix64((flat * _splitmix64(position)).sum(1))  # the sum wraps around too
+    fields = _shift_right(_splitmix64(key[:, None] ^ _splitmix64(position + _GOLDEN)[None, :]), 64 - _FIELD_BITS)
+    below = (fields * 255 >> _FIELD_BITS) < flat
+    return below.view(images.shape).to(torch.float32)
+
+
 class DynamicBinarize(Transform):
     """A fresh Bernoulli draw per batch with p = u / 255 (Salakhutdinov & Murray)."""
 
@@ -76,10 +115,10 @@ class DynamicBinarize(Transform):
     def __call__(self, images, generator=None):
         return bernoulli_u8(images, generator)
 
-    def fixed(self, images, seed=0):
-        # one draw with a fixed seed, independent of training, so evaluations compare
-        generator = torch.Generator(device=images.device).manual_seed(seed)
-        return torch.bernoulli(images.float().div_(255.0), generator=generator)
+    def fixed(self, images):
+        # a draw keyed on each image, independent of training, batch and seed: every
+        # evaluation of a split sees the same binary images
+        return image_keyed_bernoulli(images)
 
 
 class StaticBinarize(Transform):

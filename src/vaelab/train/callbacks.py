@@ -145,13 +145,11 @@ class StepStats:
         self.x = self.z = None
 
     def on_train_start(self, trainer) -> None:
-        from ..pipeline import SPLIT_SEED
-
         folder = trainer.out / PROGRESS_DIR
         folder.mkdir(exist_ok=True)
         images = monitor_images(trainer)
         device = next(trainer.model.parameters()).device
-        self.x = trainer.data.transform.fixed(images[:STEP_BATCH].to(device), seed=SPLIT_SEED)
+        self.x = trainer.data.transform.fixed(images[:STEP_BATCH].to(device))
         self.z = fixed_noise(trainer.model.latent_dim, self.n)
         # a resumed run rewrites what came after its checkpoint: drop those lines
         done = trainer.epoch * trainer.steps_per_epoch + (trainer._partial or {}).get("step", 0)

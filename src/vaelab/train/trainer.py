@@ -28,7 +28,7 @@ from ..diagnostics import collapse_warning, latent_spread, psnr
 from ..errors import VaelabError
 from ..evaluate import ReconstructionError
 from ..model import VAE
-from ..pipeline import SPLIT_SEED, PreparedData, prepare_data
+from ..pipeline import PreparedData, prepare_data
 from . import checkpoint as ckpt
 from .schedules import EarlyStopping, KLSchedule, load_lr_state, make_lr_scheduler
 
@@ -570,9 +570,9 @@ class Trainer:
         means, stds, kl_dims = [], [], torch.zeros(model.latent_dim, device=self.device, dtype=torch.float64)
         errors = ReconstructionError()
         batch = 1000
-        for i, start in enumerate(range(0, len(self.val_images), batch)):
+        for start in range(0, len(self.val_images), batch):
             images = self.val_images[start:start + batch].to(self.device)
-            x = transform.fixed(images, seed=SPLIT_SEED + i)
+            x = transform.fixed(images)
             q = model.encode(x)
             errors.add(model, transform, q.mean, images)
             params = model.decode(q.rsample(gen))
