@@ -523,3 +523,21 @@ def test_names_are_exported():
         "bernoulli", "continuous-bernoulli", "gaussian", "discretized-logistic", "discretized-logistic-mixture"
     }
     assert set(VARIANCES) == {"fixed", "learned-logvar", "relu", "softplus", "shared"}
+
+
+def test_gaussian_8bit_bin_mass_matches_scipy_and_is_a_pmf():
+    # one pixel at a time (event shape (1,)): means inside, at the edge and outside [0, 1];
+    # standard deviations from far below a bin's width (1/255) to wider than the range
+    lik = build_likelihood("gaussian", (1,), variance="learned-logvar")
+    levels = torch.arange(256, dtype=torch.float64).view(256, 1) / 255
+    for m, s in ((0.3, 0.1), (0.0, 1e-6), (0.999, 2.0), (1.3, 0.05), (0.5 + 0.2 / 255, 1e-4)):
+        params = torch.tensor([[[m], [2 * math.log(s)]]], dtype=torch.float64).expand(256, 2, 1)
+        got = lik.log_prob_8bit(params, levels)
+        lo = np.concatenate([[-np.inf], (np.arange(1, 256) - 0.5) / 255])
+        hi = np.concatenate([(np.arange(0, 255) + 0.5) / 255, [np.inf]])
+        # scipy's difference taken in the tail it lies in (1 - cdf loses digits above the mean)
+        expected = np.where(lo > m, stats.norm.sf(lo, m, s) - stats.norm.sf(hi, m, s),
+                            stats.norm.cdf(hi, m, s) - stats.norm.cdf(lo, m, s))
+        big = expected > 1e-250
+        np.testing.assert_allclose(got.numpy()[big], np.log(expected[big]), rtol=1e-7, atol=1e-10)
+        assert float(torch.logsumexp(got, 0)) == pytest.approx(0.0, abs=1e-9)  # a pmf over the 256 levels

@@ -82,7 +82,7 @@ def test_log_likelihood_streaming_is_exact(monkeypatch):
     full = torch.randn(64, 5, dtype=torch.float32) * 30  # widely spread log-weights
     served = []
 
-    def fixed_log_weights(x, q, k, generator=None):
+    def fixed_log_weights(x, q, k, generator=None, log_prob=None):
         start = sum(served)
         served.append(k)
         return full[start:start + k], None

@@ -107,9 +107,11 @@ def test_bits_per_dim_units():
     assert math.isclose(bits_per_dim(100.0, vae, scale, (3, 4, 4)), 100.0 / (48 * math.log(2)))
     c.apply_overrides(["model.likelihood=gaussian"])
     gauss = VAE(c.model, (3, 4, 4))
-    # a density on x = u/255 moves to pixel units with + D ln 255
-    expected = (100.0 + 48 * math.log(255)) / (48 * math.log(2))
-    assert math.isclose(bits_per_dim(100.0, gauss, scale, (3, 4, 4)), expected)
+    # a Gaussian is given its -log P(u) from the bin masses: the same units
+    assert math.isclose(bits_per_dim(100.0, gauss, scale, (3, 4, 4)), 100.0 / (48 * math.log(2)))
+    # a continuous Bernoulli has no bin mass here: no bits/dim rather than a point density
+    c.apply_overrides(["model.likelihood=continuous-bernoulli"])
+    assert bits_per_dim(100.0, VAE(c.model, (3, 4, 4)), scale, (3, 4, 4)) is None
     c.apply_overrides(["model.likelihood=bernoulli"])
     assert bits_per_dim(100.0, VAE(c.model, (1, 4, 4)), make_transform("binarize-dynamic"), (1, 4, 4)) is None
 

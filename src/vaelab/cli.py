@@ -90,8 +90,8 @@ def _print_eval(result: dict) -> None:
     print(f"  ELBO           {result['elbo']:.3f}   (reconstruction {result['recon']:.3f}, KL {result['kl']:.3f})")
     if nll is not None:
         print(f"  -log p(x)      {nll:.3f}   (importance-weighted, K={result['iw_samples']})")
-    print(f"  bits/dim       {bpd:.4f}" if bpd is not None else
-          "  bits/dim       n/a (not a model of 8-bit pixels: binarized data or PCA components)")
+    print(f"  bits/dim       {bpd:.4f}   ({result['bits_per_dim_method']})" if bpd is not None else
+          "  bits/dim       n/a (no pmf over 8-bit pixels: binarized data, PCA components or a continuous Bernoulli)")
     print(f"  active units   {result['active_units']}")
     if result.get("recon_mse"):
         from .diagnostics import psnr

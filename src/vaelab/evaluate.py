@@ -79,20 +79,35 @@ class ReconstructionError:
 
 
 def bits_per_dim(nll: float, model: VAE, transform: Transform, image_shape: tuple[int, ...]) -> float | None:
-    """Bits per 8-bit pixel dimension, or None where the model is not one of 8-bit pixels.
+    """Bits per 8-bit pixel dimension from -log P(u) in nats, or None where the model gives
+    no pmf over the 256 levels of each pixel.
 
-    A discretized likelihood is already a pmf over the 256 levels: nll / (D ln 2). A
-    continuous density on x = u/255 is moved to pixel units by the change of variables
-    u = 255 x, adding D ln 255 nats. Binarized data and PCA components are not 8-bit
-    pixels, so they get no bits/dim (their nats are still comparable among themselves).
+    A discretized likelihood is one: nll / (D ln 2). A Gaussian on x = u/255 is measured by
+    its exact mass on each pixel's bin (``eight_bit_log_prob``): pass that nll. Other
+    continuous densities are not turned into a code length: the density at the grid points
+    is none (a variance that shrinks on constant pixels makes it unbounded). Binarized data
+    and PCA components are not 8-bit pixels (their nats still compare among themselves).
     """
-    dims = math.prod(image_shape)
-    lik = model.likelihood
-    if lik.discrete_8bit:
-        return nll / (dims * math.log(2))
-    if lik.binary or transform.pixel_log_jacobian is None:
+    if eight_bit_log_prob(model, transform) is None and not model.likelihood.discrete_8bit:
         return None
-    return (nll + dims * transform.pixel_log_jacobian) / (dims * math.log(2))
+    return nll / (math.prod(image_shape) * math.log(2))
+
+
+def eight_bit_log_prob(model: VAE, transform: Transform):
+    """The function giving log P(u | z) of 8-bit pixels for a continuous decoder on u/255,
+    when vaelab has one (a Gaussian's bin mass), else None."""
+    lik = model.likelihood
+    if transform.pixel_log_jacobian is None or lik.binary or lik.discrete_8bit:
+        return None
+    return getattr(lik, "log_prob_8bit", None)
+
+
+#: what bits_per_dim measures, said beside it in eval's output
+BITS_PER_DIM_METHOD = {
+    "discrete": "-log P(u) of the model's own pmf over the 256 levels, importance-weighted",
+    "bin-mass": "-log P(u) with each pixel's probability the Gaussian's exact mass on its 8-bit bin "
+                "(CDF differences, the edge bins taking the tails), importance-weighted",
+}
 
 
 @torch.no_grad()
@@ -104,7 +119,8 @@ def evaluate_model(model: VAE, transform: Transform, images: torch.Tensor, iw_sa
     if device.type == "cpu":
         _keep_freed_memory()
     gen = torch.Generator(device=device).manual_seed(seed)
-    totals = {"elbo": 0.0, "recon": 0.0, "kl": 0.0, "nll_iw": 0.0}
+    totals = {"elbo": 0.0, "recon": 0.0, "kl": 0.0, "nll_iw": 0.0, "nll_8bit": 0.0}
+    pixel_pmf = eight_bit_log_prob(model, transform)
     means = []
     errors = ReconstructionError()
     batches = range(0, len(images), batch_size)
@@ -120,6 +136,9 @@ def evaluate_model(model: VAE, transform: Transform, images: torch.Tensor, iw_sa
             totals[key] += float(terms[key].double().sum())
         if iw_samples > 0:
             totals["nll_iw"] -= float(model.log_likelihood(x, iw_samples, generator=gen).double().sum())
+        if pixel_pmf is not None:  # a code length for 8-bit pixels (K = 1: the ELBO's bound)
+            totals["nll_8bit"] -= float(model.log_likelihood(x, max(iw_samples, 1), generator=gen,
+                                                             log_prob=pixel_pmf).double().sum())
         posterior_mean = model.encode(x).mean
         errors.add(model, transform, posterior_mean, batch)
         means.append(posterior_mean.double())
@@ -134,6 +153,12 @@ def evaluate_model(model: VAE, transform: Transform, images: torch.Tensor, iw_sa
         result["binarization"] = BINARIZATION_RULE
     result["iw_samples"] = iw_samples
     result["n_images"] = n
-    nll = result["nll_iw"] if result["nll_iw"] is not None else -result["elbo"]
+    nll_8bit = result.pop("nll_8bit")
+    if pixel_pmf is not None:
+        nll, method = nll_8bit, "bin-mass"
+    else:
+        nll, method = (result["nll_iw"] if result["nll_iw"] is not None else -result["elbo"]), "discrete"
     result["bits_per_dim"] = bits_per_dim(nll, model, transform, tuple(images.shape[1:]))
+    if result["bits_per_dim"] is not None:
+        result["bits_per_dim_method"] = BITS_PER_DIM_METHOD[method] + f" (K={max(iw_samples, 1)})"
     return result

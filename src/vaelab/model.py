@@ -126,10 +126,11 @@ class VAE(nn.Module):
 
     def _log_weights(self, x: torch.Tensor, q: Posterior, k: int,
                      generator: torch.Generator | None = None,
-                     noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                     noise: torch.Tensor | None = None, log_prob=None) -> tuple[torch.Tensor, torch.Tensor]:
         """log p(x, z_i) - log q(z_i | x) for k samples: (k, B), and -log p(x|z_i): (k, B).
 
-        ``noise`` (k, B, L) supplies the standard-normal draws instead of the generator.
+        ``noise`` (k, B, L) supplies the standard-normal draws instead of the generator;
+        ``log_prob`` replaces the likelihood's log_prob (e.g. its 8-bit bin mass).
         """
         batch = x.shape[0]
         eps = noise if noise is not None else torch.randn(
@@ -137,7 +138,7 @@ class VAE(nn.Module):
         z = q.mean + q.std * eps  # (k, B, L)
         params = self.decode(z.reshape(k * batch, -1))
         x_rep = x.unsqueeze(0).expand(k, *x.shape).reshape(k * batch, *x.shape[1:])
-        log_px = self.likelihood.log_prob(params, x_rep).view(k, batch)
+        log_px = (log_prob or self.likelihood.log_prob)(params, x_rep).view(k, batch)
         # log q(z|x) from the noise that made z: the same value as q.log_prob(z), without the
         # 0 * inf that (z - mean)^2 / var gives when a posterior variance underflows
         log_q = -0.5 * (eps.pow(2) + q.logvar + LOG_2PI).sum(-1)
@@ -155,7 +156,7 @@ class VAE(nn.Module):
 
     @torch.no_grad()
     def log_likelihood(self, x: torch.Tensor, k: int, chunk: int = 0,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
+                       generator: torch.Generator | None = None, log_prob=None) -> torch.Tensor:
         """Importance-weighted estimate of log p(x) with k samples, (B,).
 
         Streams over the samples in chunks with a running log-sum-exp, so memory depends on
@@ -171,7 +172,7 @@ class VAE(nn.Module):
         done = 0
         while done < k:
             n = min(chunk, k - done)
-            log_w, _ = self._log_weights(x, q, n, generator)
+            log_w, _ = self._log_weights(x, q, n, generator, log_prob=log_prob)
             running = torch.logaddexp(running, torch.logsumexp(log_w, 0))
             done += n
         return running - math.log(k)

@@ -153,7 +153,7 @@ def metrics_rows(summary: Summary) -> list[list]:
         ["KL(q(z|x) || p(z))", fmt(r["kl"]), "nats/image"],
         [f"-log p(x), importance-weighted (K={k})", fmt(r.get("nll_iw")), "nats/image (lower is better)"],
         ["bits per dimension", fmt(r.get("bits_per_dim"), 4),
-         "bits/dim of 8-bit pixels" if r.get("bits_per_dim") is not None
+         f"bits/dim of 8-bit pixels: {r['bits_per_dim_method']}" if r.get("bits_per_dim") is not None
          else "none: not a model of 8-bit pixels (binarized data or PCA components)"],
         ["active units", f"{r['active_units']} of {run.config.model.latent_dim}", "Cov_x(E_q[z]) > 0.01"],
         ["decoder dependence on z", fmt(100 * summary.z_sensitivity, 1),
