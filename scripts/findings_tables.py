@@ -34,9 +34,10 @@ def main() -> None:
     parser.add_argument("--figures", type=Path)
     args = parser.parse_args()
     reports = [json.loads(p.read_text()) for p in sorted(args.root.glob("*/results.json"))]
-    print("| finding | write-up | reproduced | minutes (3 seeds) |\n|---|---|---|---|")
+    print("| finding | write-up | reproduced | training minutes, 3 seeds |\n|---|---|---|---|")
     for r in reports:
-        print(f"| `{r['finding']}` | {r['writeup']} | {r['reproduced_on']} of {r['of']} seeds | {r['minutes']} |")
+        print(f"| `{r['finding']}` | {r['writeup']} | {r['reproduced_on']} of {r['of']} seeds | "
+              f"{r['training_minutes']} |")
     for r in reports:
         print(f"\n### {r['finding']}\n\n{finding_table(r)}")
     if args.figures:

@@ -319,3 +319,77 @@ def test_bits_per_dim_of_a_gaussian_is_a_code_length_even_when_its_variance_coll
     # (the bound adds only the untrained posterior's mismatch with the prior, a few hundredths of a bit)
     assert 0 <= result["bits_per_dim"] < 0.05
     assert "exact mass on its 8-bit bin" in result["bits_per_dim_method"]
+
+
+def _copy_run(run_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    return copy
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    config = Config()
+    config.apply_overrides(["data.name=mnist-sample", "data.limit=300", "model.hidden=16", "model.latent_dim=2",
+                            "train.epochs=1", "train.threads=1"])
+    return vaelab.train(config.validate(), tmp_path_factory.mktemp("tiny") / "run", progress=False)
+
+
+@pytest.mark.parametrize("damage", ["no-event-shape", "empty-event-shape", "likelihood", "latent", "dataset"])
+def test_a_damaged_or_contradicting_run_directory_is_one_clear_error(tiny_run, tmp_path, capsys, damage):
+    run = _copy_run(tiny_run, tmp_path)
+    model_json, config_json = json.loads((run / "model.json").read_text()), json.loads((run / "config.json").read_text())
+    if damage == "no-event-shape":
+        del model_json["event_shape"]
+    elif damage == "empty-event-shape":
+        model_json["event_shape"] = []
+    elif damage == "likelihood":
+        config_json["model"]["likelihood"] = "gaussian"
+    elif damage == "latent":
+        config_json["model"]["latent_dim"] = 3
+    else:
+        config_json["data"]["name"] = "fashion-mnist"
+    (run / "model.json").write_text(json.dumps(model_json))
+    (run / "config.json").write_text(json.dumps(config_json))
+    for command in (["eval", str(run), "--iw-samples", "0"], ["sample", str(run), "--out", str(tmp_path / "s.png")],
+                    ["report", str(run), "--iw-samples", "0"]):
+        assert main(command) == 2, command
+        err = capsys.readouterr().err
+        assert err.startswith("vaelab: error:") and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "s.png").exists()
+
+
+def test_commands_check_the_device_like_train_does(tiny_run, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA machine")
+    for command in (["eval", str(tiny_run), "--device", "cuda"], ["report", str(tiny_run), "--device", "cuda"],
+                    ["eval", str(tiny_run), "--device", "tpu"]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and ("no CUDA device" in err or "unknown device" in err)
+
+
+def test_eval_refuses_negative_limits_like_report_does(tiny_run, capsys):
+    for bad in (["--limit", "-5"], ["--iw-samples", "-3"], ["--probe-labels", "-1"]):
+        assert main(["eval", str(tiny_run), *bad]) == 2
+        assert "must be 0 or more" in capsys.readouterr().err
+
+
+def test_the_python_api_takes_what_load_dataset_returns(tiny_run):
+    run = vaelab.load_run(tiny_run)
+    test = load_dataset("mnist-sample", "test")
+    means, stds = run.encode(test.images[:50])  # uint8 numpy, as load_dataset returns it
+    assert means.shape == (50, 2)
+    assert run.reconstruct(test.images[:4]).shape == (4, 1, 28, 28)
+    assert run.decode(torch.zeros(3, 2)).shape == (3, 1, 28, 28)
+    given = run.evaluate(images=test.images[:40], iw_samples=0)
+    assert given["n_images"] == 40 and given["dataset"] == "given images"
+    other = run.evaluate("test", dataset="mnist-sample", iw_samples=0, limit=40)
+    assert other["kl"] == pytest.approx(given["kl"], rel=1e-6)
+    with pytest.raises(vaelab.VaelabError, match="uint8 images of shape"):
+        run.encode(test.images[:5].astype("float32"))
+    config = Config()
+    config.apply_overrides("model.latent_dim=3")
+    assert config.model.latent_dim == 3

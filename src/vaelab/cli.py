@@ -106,8 +106,10 @@ def _print_eval(result: dict) -> None:
 
 
 def cmd_eval(args) -> int:
+    from .report_cli import check_eval_args
     from .runs import load_run
 
+    check_eval_args(args)
     run = load_run(args.run_dir, device=args.device or "cpu", which=args.which)
     result = run.evaluate(split=args.split, iw_samples=args.iw_samples, limit=args.limit,
                           seed=args.seed, progress=not args.json)

@@ -154,7 +154,10 @@ class Config:
         hint = typing.get_type_hints(type(section))[name]
         setattr(section, name, _coerce(value, hint, key, source))
 
-    def apply_overrides(self, assignments: list[str]) -> None:
+    def apply_overrides(self, assignments: list[str] | str) -> None:
+        """``key=value`` strings, as --set takes them; one string is one assignment."""
+        if isinstance(assignments, str):
+            assignments = [assignments]
         for item in assignments:
             key, sep, value = item.partition("=")
             if not sep:

@@ -7,7 +7,8 @@ from pathlib import Path
 from .errors import VaelabError
 
 
-def _check_eval_args(args) -> None:
+def check_eval_args(args) -> None:
+    """The checks every command with the evaluation options shares (eval, report, compare)."""
     if args.iw_samples < 0:
         raise VaelabError(f"--iw-samples must be 0 or more, got {args.iw_samples}")
     if args.limit < 0:
@@ -20,7 +21,7 @@ def cmd_report(args) -> int:
     from .report import write_report
     from .runs import load_run
 
-    _check_eval_args(args)
+    check_eval_args(args)
     run = load_run(args.run_dir, device=args.device or "cpu")
     out = write_report(run, args.out, iw_samples=args.iw_samples, limit=args.limit,
                        probe_labels=args.probe_labels, seed=args.seed, progress=not args.quiet)
@@ -31,7 +32,7 @@ def cmd_report(args) -> int:
 def cmd_compare(args) -> int:
     from .compare import compare_runs, split_run_paths
 
-    _check_eval_args(args)
+    check_eval_args(args)
     for skipped in split_run_paths(args.run_dirs)[1]:
         print(f"skipped {skipped}: a file, not a run directory")
     paths = compare_runs(args.run_dirs, args.out, iw_samples=args.iw_samples, limit=args.limit,

@@ -10,6 +10,7 @@ import torch
 
 from . import rundir
 from .config import Config
+from .devices import resolve_device
 from .errors import VaelabError
 from .evaluate import evaluate_model
 from .model import VAE
@@ -48,13 +49,25 @@ class Run:
         return self._images[split]
 
     def evaluate(self, split: str = "test", iw_samples: int = 100, limit: int = 0,
-                 batch_size: int = 500, seed: int = 0, progress: bool = False) -> dict:
-        images, _ = self.images(split)
+                 batch_size: int = 500, seed: int = 0, progress: bool = False, dataset: str | None = None,
+                 images=None) -> dict:
+        """Metrics (evaluate.evaluate_model) on a split of the run's dataset, of another
+        ``dataset`` of the same image shape (e.g. an out-of-distribution check), or on given
+        uint8 ``images`` (tensor or numpy)."""
+        if images is not None:
+            images, name, split = self._as_images(images), "given images", "given"
+        elif dataset is not None:
+            from .data import load_dataset
+
+            loaded = load_dataset(dataset, split, data_dir=self.config.data.data_dir)
+            images, name = self._as_images(loaded.images), dataset
+        else:
+            (images, _), name = self.images(split), self.config.data.name
         if limit:
             images = images[:limit]
         result = evaluate_model(self.model, self.transform, images, iw_samples=iw_samples,
                                 batch_size=batch_size, seed=seed, progress=progress)
-        result.update(split=split, dataset=self.config.data.name)
+        result.update(split=split, dataset=name)
         return result
 
     @torch.no_grad()
@@ -65,17 +78,36 @@ class Run:
         return self.transform.to_images(self.model.sample_prior(n, generator=gen)).cpu()
 
     @torch.no_grad()
-    def reconstruct(self, images: torch.Tensor, sample_posterior: bool = False, seed: int = 0) -> torch.Tensor:
-        """Reconstructions of uint8 images, float in [0, 1]."""
+    def decode(self, z) -> torch.Tensor:
+        """Images (decoder means) for latent codes z of shape (N, latent_dim), float in [0, 1]."""
         self.model.eval()
+        z = torch.as_tensor(z, dtype=torch.float32)
+        if z.dim() != 2 or z.shape[1] != self.model.latent_dim:
+            raise VaelabError(f"z must have shape (N, {self.model.latent_dim}), got {tuple(z.shape)}")
+        return self.transform.to_images(self.model.likelihood.mean(self.model.decode(z.to(self.device)))).cpu()
+
+    def _as_images(self, images) -> torch.Tensor:
+        """uint8 (N, *image_shape) as a tensor: what load_dataset returns (numpy) or Run.images (torch)."""
+        images = torch.as_tensor(images)
+        if images.dtype != torch.uint8 or tuple(images.shape[1:]) != self.image_shape:
+            raise VaelabError(f"expected uint8 images of shape (N, {', '.join(map(str, self.image_shape))}), got "
+                              f"{images.dtype} {tuple(images.shape)}")
+        return images
+
+    @torch.no_grad()
+    def reconstruct(self, images, sample_posterior: bool = False, seed: int = 0) -> torch.Tensor:
+        """Reconstructions of uint8 images (tensor or numpy), float in [0, 1]."""
+        self.model.eval()
+        images = self._as_images(images)
         gen = torch.Generator(device=self.device).manual_seed(seed)
         x = self.transform.fixed(images.to(self.device))
         return self.transform.to_images(self.model.reconstruct(x, sample_posterior, gen)).cpu()
 
     @torch.no_grad()
-    def encode(self, images: torch.Tensor, batch_size: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
-        """Posterior means and standard deviations of uint8 images."""
+    def encode(self, images, batch_size: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior means and standard deviations of uint8 images (tensor or numpy)."""
         self.model.eval()
+        images = self._as_images(images)
         means, stds = [], []
         for start in range(0, len(images), batch_size):
             x = self.transform.fixed(images[start:start + batch_size].to(self.device))
@@ -101,16 +133,38 @@ def _weights_path(path: Path, which: str) -> Path:
     raise VaelabError(f"{path} has no weights yet (no {rundir.WEIGHTS} and no checkpoint): train it first")
 
 
+def check_description(path: Path, config: Config, description) -> None:
+    """model.json says what the weights are; config.json how they were made. Both must be
+    whole and agree, else numbers would be computed for another model (a VaelabError)."""
+    where = path / rundir.MODEL_JSON
+    if not isinstance(description, dict):
+        raise VaelabError(f"{where} is not a model description (a JSON object); restore it or retrain")
+    for key in ("event_shape", "image_shape"):
+        shape = description.get(key)
+        if not (isinstance(shape, list) and shape and all(isinstance(d, int) and d >= 1 for d in shape)):
+            raise VaelabError(f"{where}: {key} is missing or not a list of positive sizes ({shape!r}); the run "
+                              f"directory is damaged: restore {rundir.MODEL_JSON} or retrain")
+    pairs = (("dataset", config.data.name), ("transform", config.data.transform),
+             ("likelihood", config.model.likelihood), ("latent_dim", config.model.latent_dim),
+             ("encoder", config.model.encoder), ("decoder", config.model.decoder))
+    for key, value in pairs:
+        if key in description and description[key] != value:
+            raise VaelabError(f"{where} says {key} {description[key]!r} but {rundir.CONFIG} says {value!r}: one of "
+                              f"them was edited; restore it (the weights were trained as {rundir.MODEL_JSON} says)")
+
+
 def load_run(path: str | Path, device: str = "cpu", which: str = "final") -> Run:
     """Load a run directory: ``which`` is final (model.safetensors), best or last (checkpoint)."""
     path = Path(path)
     if not (path / rundir.CONFIG).exists() or not (path / rundir.MODEL_JSON).exists():
         raise VaelabError(f"{path} is not a vaelab run directory (expected {rundir.CONFIG} and {rundir.MODEL_JSON})")
+    device = str(resolve_device(device))
     config = Config.load(path / rundir.CONFIG)
     try:
         description = json.loads((path / rundir.MODEL_JSON).read_text())
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, UnicodeDecodeError):
         raise VaelabError(f"{path / rundir.MODEL_JSON} is not valid JSON") from None
+    check_description(path, config, description)
     weights = _weights_path(path, which)
     tensors, _ = load_tensors(weights)
     model = VAE(config.model, tuple(description["event_shape"]))
@@ -118,7 +172,9 @@ def load_run(path: str | Path, device: str = "cpu", which: str = "final") -> Run
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        raise VaelabError(f"{weights} does not match the model in {rundir.CONFIG}: {str(exc).splitlines()[0]}") from None
+        detail = " ".join(line.strip() for line in str(exc).splitlines()[1:3])[:300]
+        raise VaelabError(f"{weights} does not match the model in {rundir.CONFIG} ({detail}); was "
+                          f"{rundir.CONFIG} edited? restore it, or retrain") from None
     model.to(device).eval()
     if "pca.components" in tensors:
         transform = PCATransform.from_state(tensors).to(device)

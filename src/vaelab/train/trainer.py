@@ -25,6 +25,7 @@ from .. import rundir
 from ..config import Config
 from ..data.store import MappedImages
 from ..diagnostics import collapse_warning, latent_spread, psnr
+from ..devices import resolve_device
 from ..errors import VaelabError
 from ..evaluate import ReconstructionError
 from ..model import VAE
@@ -44,15 +45,6 @@ class _RolledBack(Exception):
 
 
 MAX_ROLLBACKS = 10  # consecutive rollbacks (the lr halved each time) before giving up
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise VaelabError(f"train.device={name} but no CUDA device is available (use --device cpu)")
-    return device
 
 
 def make_optimizer(model: torch.nn.Module, t, device: torch.device) -> torch.optim.Optimizer:
