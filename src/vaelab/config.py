@@ -98,7 +98,7 @@ class TrainConfig:
     patience: int = 10
     min_delta: float = 0.0
     checkpoint_every: int = 1  # epochs
-    keep_checkpoints: int = 3
+    keep_checkpoints: int = 1  # the newest last-*.safetensors kept (with best.safetensors)
     nan_policy: str = "raise"
     nan_check_every: int = 0  # steps between NaN-guard checks (0: every step on CPU, 50 on CUDA: no per-step sync)
     autocast: str = "off"  # bf16: networks run in bfloat16 autocast (weights, optimizer and losses stay fp32)

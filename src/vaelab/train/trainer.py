@@ -197,6 +197,12 @@ class Trainer:
         tensors, meta = self._state(partial)
         path = folder / rundir.checkpoint_name(self.epoch, partial["step"] if partial else 0)
         ckpt.save_tensors(path, tensors, meta)
+        if not getattr(self, "_size_logged", False):  # once a run: what each checkpoint costs on disk
+            self._size_logged = True
+            keep = self.config.train.keep_checkpoints
+            self._log_file_only(f"checkpoints are {path.stat().st_size / 2**20:.1f} MiB each (weights, optimizer "
+                                f"state, RNG); the newest {keep} and best.safetensors are kept "
+                                f"(train.keep_checkpoints)")
         for old in rundir.checkpoint_paths(self.out)[self.config.train.keep_checkpoints:]:
             old.unlink(missing_ok=True)
         if best:
