@@ -184,8 +184,9 @@ def test_compare_csv_has_one_row_per_run_with_its_eval(comparison, run2d, run4d)
 
 def test_compare_markdown_and_html(comparison):
     md = (comparison / "compare.md").read_text()
-    assert "| run | dataset | latent dim |" in md and "ELBO (nats/image)" in md
-    assert "| 2d | mnist-sample | 2 |" in md and "| 4d | mnist-sample | 4 |" in md
+    assert "| run | dataset | nats measured over | latent dim |" in md and "ELBO (nats/image)" in md
+    assert "| 2d | mnist-sample | binary pixels | 2 |" in md and "| 4d | mnist-sample | binary pixels | 4 |" in md
+    assert "WARNING" not in md  # one space: nothing to warn about
     for name in ("curves.png", "2d-samples.png", "4d-manifold.png", "4d-latent_space.png"):
         assert f"]({name})" in md and (comparison / name).is_file()
     page = Page((comparison / "compare.html").read_text())
@@ -228,3 +229,21 @@ def test_compare_skips_files_and_refuses_a_non_run_folder_before_writing(run2d, 
     assert "are files" in capsys.readouterr().err
     assert main(["compare", str(results), str(run2d.path), "--out", str(out), "--iw-samples", "0", "--quiet"]) == 0
     assert f"skipped {results}" in capsys.readouterr().out
+
+
+def test_compare_warns_when_runs_measure_nats_in_different_spaces(run2d, tmp_path):  # noqa: F811
+    import vaelab
+    from vaelab.config import Config
+
+    config = Config()
+    config.apply_overrides(["data.name=mnist-sample", "data.limit=300", "data.transform=scale", "model.hidden=16",
+                            "model.latent_dim=2", "train.epochs=1", "train.threads=1"])
+    grey = vaelab.train(config.validate(), tmp_path / "grey", progress=False)  # a Bernoulli on grey levels
+    out = tmp_path / "cmp"
+    assert main(["compare", str(run2d.path), str(grey), "--out", str(out), "--iw-samples", "0", "--quiet"]) == 0
+    md = (out / "compare.md").read_text()
+    assert "WARNING: these runs measure their nats over 2 different spaces" in md
+    assert "binary pixels" in md and "grey levels under a Bernoulli cross-entropy" in md
+    rows = list(csv.DictReader((out / "compare.csv").open()))
+    assert {r["data_space"] for r in rows} == {"binary pixels",
+                                              "grey levels under a Bernoulli cross-entropy (not a normalized likelihood)"}

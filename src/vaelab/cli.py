@@ -86,10 +86,12 @@ def _without_nproc(argv: list[str]) -> list[str]:
 def _print_eval(result: dict) -> None:
     bpd = result.get("bits_per_dim")
     nll = result.get("nll_iw")
-    print(f"{result['dataset']} {result['split']}, {result['n_images']} images (nats per image):")
+    print(f"{result['dataset']} {result['split']}, {result['n_images']} images (nats per image, over "
+          f"{result['data_space']}):")
     print(f"  ELBO           {result['elbo']:.3f}   (reconstruction {result['recon']:.3f}, KL {result['kl']:.3f})")
-    if nll is not None:
-        print(f"  -log p(x)      {nll:.3f}   (importance-weighted, K={result['iw_samples']})")
+    if nll is not None:  # a Bernoulli on grey levels is a cross-entropy, not a normalized likelihood
+        label = "cross-entropy" if "cross-entropy" in result["data_space"] else "-log p(x)"
+        print(f"  {label:<14} {nll:.3f}   (importance-weighted, K={result['iw_samples']})")
     print(f"  bits/dim       {bpd:.4f}   ({result['bits_per_dim_method']})" if bpd is not None else
           "  bits/dim       n/a (no pmf over 8-bit pixels: binarized data, PCA components or a continuous Bernoulli)")
     print(f"  active units   {result['active_units']}")

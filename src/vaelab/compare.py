@@ -22,6 +22,7 @@ from .report import (esc, findings_html, fmt, img, page, summarize_run, table)
 COLUMNS = [
     ("run", "run"),
     ("dataset", "dataset"),
+    ("data_space", "nats measured over"),
     ("latent_dim", "latent dim"),
     ("epochs", "epochs"),
     ("parameters", "parameters"),
@@ -67,7 +68,8 @@ def _row(label: str, summary) -> dict:
     vals = [x["val_elbo"] for x in rows if isinstance(x.get("val_elbo"), (int, float))]
     probe = "probe_labels" in r
     return {
-        "run": label, "dataset": r["dataset"], "latent_dim": run.config.model.latent_dim,
+        "run": label, "dataset": r["dataset"], "data_space": r["data_space"],
+        "latent_dim": run.config.model.latent_dim,
         "epochs": rows[-1].get("epoch", len(rows)) if rows else 0,
         "parameters": run.description.get("parameters"),
         "test_elbo_nats": r["elbo"], "test_recon_nats": r["recon"], "test_kl_nats": r["kl"],
@@ -163,6 +165,10 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path, iw_samples: in
         summaries.append(summary)
         table_rows.append(_row(label, summary))
         images.append(pics)
+    # rows grouped by the space their nats are in: numbers compare within a group only
+    order = sorted(range(len(labels)), key=lambda i: table_rows[i]["data_space"])
+    labels, summaries, table_rows, images = ([seq[i] for i in order] for seq in (labels, summaries, table_rows, images))
+    spaces = sorted({row["data_space"] for row in table_rows})
     curves = overlaid_curves([(label, s.run.metrics()) for label, s in zip(labels, summaries)], out / "curves.png")
     columns = [c for c in COLUMNS if any(r[c[0]] is not None for r in table_rows)]
     differs = config_differences([s.run.config.to_dict() for s in summaries])
@@ -185,6 +191,9 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path, iw_samples: in
             f"{probe_labels} labelled training images, test error." if probe_labels else
             f"Evaluated on the {split} split with K={k} importance samples; units: nats per image, summed over "
             f"the dimensions of one image.")
+    if len(spaces) > 1:
+        note = (f"WARNING: these runs measure their nats over {len(spaces)} different spaces ({'; '.join(spaces)}): "
+                f"the likelihood columns compare only between rows of the same space (grouped together). ") + note
     diff_rows = [[label] + [json.dumps(_flat(s.run.config.to_dict()).get(key)) for key in differs]
                  for label, s in zip(labels, summaries)]
 

@@ -78,6 +78,19 @@ class ReconstructionError:
                 "mean_image_mse": float((self.sum_sq / self.n - mean.pow(2)).clamp(min=0).mean())}
 
 
+def data_space(model: VAE, transform: Transform) -> str:
+    """The space a run's nats are measured in: nats compare only between runs in the same one."""
+    if transform.name == "pca":
+        return "PCA components (whitened)" if transform.whitened else "PCA components (not whitened)"
+    if transform.name.startswith("binarize"):
+        return "binary pixels"
+    if model.likelihood.discrete_8bit:
+        return "8-bit pixels"
+    if model.likelihood.binary:
+        return "grey levels under a Bernoulli cross-entropy (not a normalized likelihood)"
+    return "continuous pixels in [0, 1] (a density)"
+
+
 def bits_per_dim(nll: float, model: VAE, transform: Transform, image_shape: tuple[int, ...]) -> float | None:
     """Bits per 8-bit pixel dimension from -log P(u) in nats, or None where the model gives
     no pmf over the 256 levels of each pixel.
@@ -149,6 +162,7 @@ def evaluate_model(model: VAE, transform: Transform, images: torch.Tensor, iw_sa
     mean = torch.cat(means)
     result["active_units"] = int((mean.var(0) > ACTIVE_UNIT_THRESHOLD).sum()) if n > 1 else 0
     result.update(errors.result())
+    result["data_space"] = data_space(model, transform)
     if transform.name == "binarize-dynamic":
         result["binarization"] = BINARIZATION_RULE
     result["iw_samples"] = iw_samples

@@ -23,7 +23,7 @@ from . import rundir
 from .config import Config
 from .errors import VaelabError
 
-METRICS = ("elbo", "recon", "kl", "nll_iw", "bits_per_dim", "active_units")
+METRICS = ("elbo", "recon", "kl", "nll_iw", "bits_per_dim", "active_units", "data_space")
 RESULTS_CSV = "results.csv"
 RESULTS_MD = "results.md"
 EVAL_FILE = "sweep-eval.json"
@@ -319,7 +319,10 @@ def markdown_table(rows: list[dict], grid_keys: list[str], evaluation: dict) -> 
         f"Evaluated on the {evaluation['split']} split ({n} images). ELBO, reconstruction (-log p(x|z), one "
         f"posterior sample), KL and IW-NLL (-log p(x), {k} importance samples) in nats per image, summed over "
         f"its dimensions; bits/dim over 8-bit pixels, n/a where the model is not one of 8-bit pixels "
-        f"(binarized data, PCA components); active units: latent dimensions with Cov_x(E_q[z]) > 0.01.",
+        f"(binarized data, PCA components); active units: latent dimensions with Cov_x(E_q[z]) > 0.01. "
+        f"Nats measured over: {'; '.join(sorted({r['data_space'] for r in rows if r.get('data_space')})) or 'n/a'}"
+        + (" (different spaces: their nats do not compare across them)"
+           if len({r.get('data_space') for r in rows if r.get('data_space')}) > 1 else "") + ".",
         "",
         "| " + " | ".join([*grid_keys, "epochs", "ELBO", "recon", "KL", f"IW-NLL (K={k})", "bits/dim",
                           "active units"]) + " |",
