@@ -393,3 +393,21 @@ def test_the_python_api_takes_what_load_dataset_returns(tiny_run):
     config = Config()
     config.apply_overrides("model.latent_dim=3")
     assert config.model.latent_dim == 3
+
+
+def test_a_run_records_where_its_data_were_and_every_reader_takes_data_dir(shared_data, tmp_path, monkeypatch,
+                                                                           capsys):
+    monkeypatch.setenv("VAELAB_DATA", str(shared_data))
+    config = Config()
+    config.apply_overrides(["data.name=mnist", "data.limit=300", "model.hidden=16", "model.latent_dim=2",
+                            "train.epochs=1", "train.threads=1"])
+    run = vaelab.train(config.validate(), tmp_path / "r", progress=False)
+    assert json.loads((run / "config.json").read_text())["data"]["data_dir"] == str(shared_data)
+    monkeypatch.delenv("VAELAB_DATA")
+    assert main(["eval", str(run), "--iw-samples", "0", "--limit", "50", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n_images"] == 50
+    for command in (["eval", str(run), "--iw-samples", "0", "--limit", "20"],
+                    ["reconstruct", str(run), "-n", "4", "--out", str(tmp_path / "r.png")],
+                    ["figures", str(run), "--out", str(tmp_path / "figs")],
+                    ["report", str(run), "--iw-samples", "0", "--limit", "50", "--quiet"]):
+        assert main([*command, "--data-dir", str(shared_data)]) == 0, command

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .cli_options import add_data_dir, add_device
 from .errors import VaelabError
 
 EXIT_BAD_INPUT = 2
@@ -112,7 +113,7 @@ def cmd_eval(args) -> int:
     from .runs import load_run
 
     check_eval_args(args)
-    run = load_run(args.run_dir, device=args.device or "cpu", which=args.which)
+    run = load_run(args.run_dir, device=args.device or "cpu", which=args.which, data_dir=args.data_dir)
     result = run.evaluate(split=args.split, iw_samples=args.iw_samples, limit=args.limit,
                           seed=args.seed, progress=not args.json)
     if args.probe_labels:
@@ -146,7 +147,7 @@ def cmd_reconstruct(args) -> int:
 
     if args.n < 1:
         raise VaelabError(f"-n must be at least 1, got {args.n}")
-    run = load_run(args.run_dir, device=args.device or "cpu")
+    run = load_run(args.run_dir, device=args.device or "cpu", data_dir=args.data_dir)
     images, _ = run.images(args.split)
     images = images[:args.n]
     shown = run.transform.to_images(run.transform.fixed(images)).cpu()
@@ -266,8 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="the run directory to create")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
-    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when present)")
-    p.add_argument("--data-dir", help="where datasets live (default: $VAELAB_DATA or the user cache)")
+    add_device(p, training=True)
+    add_data_dir(p)
     p.add_argument("--download", action="store_true", help="download the dataset if missing")
     p.add_argument("--quiet", action="store_true", help="no progress bar or log on the terminal")
     p.add_argument("--nproc", type=int, metavar="N",
@@ -283,7 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--probe-labels", type=int, default=0, metavar="N",
                    help="fit classifiers on the posterior means of N labelled training images")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device")
+    add_device(p)
+    add_data_dir(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_eval)
 
@@ -292,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=int, default=64)
     p.add_argument("--out", required=True, help="PNG file to write")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device")
+    add_device(p)
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("reconstruct", help="originals and their reconstructions")
@@ -301,7 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test")
     p.add_argument("--out", required=True, help="PNG file to write")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device")
+    add_device(p)
+    add_data_dir(p)
     p.set_defaults(func=cmd_reconstruct)
 
     p = sub.add_parser("demo", help="train a small VAE on the built-in sample (about a minute)")
@@ -309,14 +312,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--set", action="append", metavar="KEY=VALUE")
     p.add_argument("--iw-samples", type=int, default=100)
-    p.add_argument("--device")
+    add_device(p, training=True)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("data", help="list, check, download datasets, or prepare a memory-mapped store")
     p.add_argument("action", choices=("list", "check", "download", "prepare"))
     p.add_argument("name", nargs="?")
-    p.add_argument("--data-dir")
+    add_data_dir(p)
     p.add_argument("--split", help="prepare: one split (default: every split)")
     p.add_argument("--image-size", type=int, help="prepare a folder: resize to this square side")
     p.add_argument("--channels", type=int, help="prepare a folder: 1 (grey) or 3 (RGB)")

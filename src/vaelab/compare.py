@@ -142,13 +142,14 @@ def split_run_paths(paths: list[str | Path]) -> tuple[list[Path], list[Path]]:
 
 
 def compare_runs(run_dirs: list[str | Path], out_dir: str | Path, iw_samples: int = 100, limit: int = 0,
-                 probe_labels: int = 0, seed: int = 0, progress: bool = False) -> dict[str, Path]:
+                 probe_labels: int = 0, seed: int = 0, progress: bool = False, data_dir: str | None = None,
+                 device: str = "cpu") -> dict[str, Path]:
     """Write compare.html, compare.md, compare.csv and the PNGs they show into ``out_dir``."""
     from .figures import latent_space, manifold, prior_samples
     from .runs import load_run
 
     run_dirs, _ = split_run_paths(run_dirs)
-    runs = [load_run(p) for p in run_dirs]  # every run loads (or is refused) before anything is written
+    runs = [load_run(p, device=device, data_dir=data_dir) for p in run_dirs]  # every run loads (or is refused) before anything is written
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     labels = run_labels(run_dirs)

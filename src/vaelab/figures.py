@@ -30,22 +30,24 @@ NATS = "nats/image"
 #: name -> (title, caption) of every figure write_figures makes, in report order
 FIGURES: dict[str, tuple[str, str]] = {
     "samples": ("Samples from the prior", "Decoder means for z ~ N(0, I)."),
-    "reconstructions": ("Reconstructions", "Test images (upper row of each pair) and the decoder mean at "
-                        "their posterior mean (lower row)."),
-    "analogies": ("Posterior samples (analogies)", "Each row: a test image, then decodings of independent "
+    "reconstructions": ("Reconstructions", "Held-out images (the test split; the validation images where the "
+                        "dataset has none), upper row of each pair, and the decoder mean at their posterior mean "
+                        "(lower row)."),
+    "analogies": ("Posterior samples (analogies)", "Each row: a held-out image, then decodings of independent "
                   "samples z ~ q(z|x): what the code keeps of the image and what it leaves to chance."),
     "manifold": ("Latent manifold", "Decoder means over a grid of z through the prior's inverse CDF."),
-    "latent_space": ("Latent space", "Posterior means of test images, coloured by label."),
+    "latent_space": ("Latent space", "Posterior means of held-out images, coloured by label."),
     "interpolation": ("Interpolation", "Decodings along the straight line between the posterior means of two "
-                      "test images (originals at both ends)."),
+                      "held-out images (originals at both ends)."),
     "traversals": ("Latent traversals", "One active dimension per row, varied from -3 to 3 with the others at "
-                   "the posterior mean of one test image."),
-    "kl_per_dim": ("KL per latent dimension", "Average KL(q(z_i|x) || N(0, 1)) over test images; active "
+                   "the posterior mean of one held-out image."),
+    "kl_per_dim": ("KL per latent dimension", "Average KL(q(z_i|x) || N(0, 1)) over held-out images; active "
                    "units (Var_x E[z_i] > 0.01) in colour."),
     "training_curves": ("Training curves", "Per epoch: training loss, reconstruction, KL, beta, learning "
                         "rate and validation ELBO; NaN and skip events marked."),
-    "latent_stats": ("Latent statistics over training", "Per epoch (every train.stats_every_steps steps when set), over a fixed batch of validation images: "
-                     "the spread (min, max, mean) of posterior means and standard deviations."),
+    "latent_stats": ("Latent statistics over training", "Per epoch (every train.stats_every_steps steps when "
+                     "set), over a fixed batch of validation images: the spread (min, max, mean) of posterior "
+                     "means and standard deviations."),
     "progress": ("Progress over training", "The same fixed noise decoded at saved epochs."),
 }
 

@@ -389,7 +389,10 @@ def _finished_with(run_dir: Path, config) -> bool:
         saved = json.loads((run_dir / "config.json").read_text())
     except (OSError, ValueError):
         return False
-    return (run_dir / "model.safetensors").exists() and saved == json.loads(json.dumps(config.to_dict()))
+    wanted = json.loads(json.dumps(config.to_dict()))
+    for record in (saved, wanted):  # where the data live is not what was trained
+        record.get("data", {}).pop("data_dir", None)
+    return (run_dir / "model.safetensors").exists() and saved == wanted
 
 
 def _slug(name: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .cli_options import add_data_dir, add_device
 from .errors import VaelabError
 
 
@@ -22,7 +23,7 @@ def cmd_report(args) -> int:
     from .runs import load_run
 
     check_eval_args(args)
-    run = load_run(args.run_dir, device=args.device or "cpu")
+    run = load_run(args.run_dir, device=args.device or "cpu", data_dir=args.data_dir)
     out = write_report(run, args.out, iw_samples=args.iw_samples, limit=args.limit,
                        probe_labels=args.probe_labels, seed=args.seed, progress=not args.quiet)
     print(f"wrote {out}")
@@ -36,7 +37,8 @@ def cmd_compare(args) -> int:
     for skipped in split_run_paths(args.run_dirs)[1]:
         print(f"skipped {skipped}: a file, not a run directory")
     paths = compare_runs(args.run_dirs, args.out, iw_samples=args.iw_samples, limit=args.limit,
-                         probe_labels=args.probe_labels, seed=args.seed, progress=not args.quiet)
+                         probe_labels=args.probe_labels, seed=args.seed, progress=not args.quiet,
+                         data_dir=args.data_dir, device=args.device or "cpu")
     print(f"wrote {paths['html']}, {paths['markdown']} and {paths['csv']}")
     return 0
 
@@ -45,7 +47,7 @@ def cmd_figures(args) -> int:
     from .figures import write_figures
     from .runs import load_run
 
-    run = load_run(args.run_dir, device=args.device or "cpu")
+    run = load_run(args.run_dir, device=args.device or "cpu", data_dir=args.data_dir)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise VaelabError(f"--out {out} is a file: give a folder for the figures")
@@ -62,7 +64,8 @@ def _eval_options(p) -> None:
     p.add_argument("--probe-labels", type=int, default=0, metavar="N",
                    help="also fit latent probes on N labelled training images")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device")
+    add_device(p)
+    add_data_dir(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -83,5 +86,6 @@ def register(subparsers) -> None:
     p.add_argument("run_dir")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the PNG files (created)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device")
+    add_device(p)
+    add_data_dir(p)
     p.set_defaults(func=cmd_figures)

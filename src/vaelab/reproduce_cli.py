@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .cli_options import add_data_dir
 from .errors import VaelabError
 
 
@@ -53,7 +54,7 @@ def register(subparsers) -> None:
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     p.add_argument("--colour-data", default="svhn", metavar="NAME",
                    help="the colour dataset for the SVHN findings: svhn, or folder:PATH of 32x32 colour images")
-    p.add_argument("--data-dir", help="where datasets live (default: $VAELAB_DATA or the user cache)")
+    add_data_dir(p)
     p.add_argument("--threads", type=int, default=0, help="CPU threads per run (0: torch's default)")
     p.add_argument("--iw-samples", type=int, default=100, metavar="K", help="importance samples for -log p(x), where a check reads it")
     p.add_argument("--overwrite", action="store_true", help="replace earlier results in --out")

@@ -153,13 +153,16 @@ def check_description(path: Path, config: Config, description) -> None:
                               f"them was edited; restore it (the weights were trained as {rundir.MODEL_JSON} says)")
 
 
-def load_run(path: str | Path, device: str = "cpu", which: str = "final") -> Run:
-    """Load a run directory: ``which`` is final (model.safetensors), best or last (checkpoint)."""
+def load_run(path: str | Path, device: str = "cpu", which: str = "final", data_dir: str | Path | None = None) -> Run:
+    """Load a run directory: ``which`` is final (model.safetensors), best or last (checkpoint).
+    ``data_dir`` says where its dataset is now, in place of the folder it recorded."""
     path = Path(path)
     if not (path / rundir.CONFIG).exists() or not (path / rundir.MODEL_JSON).exists():
         raise VaelabError(f"{path} is not a vaelab run directory (expected {rundir.CONFIG} and {rundir.MODEL_JSON})")
     device = str(resolve_device(device))
     config = Config.load(path / rundir.CONFIG)
+    if data_dir is not None:
+        config.data.data_dir = str(data_dir)
     try:
         description = json.loads((path / rundir.MODEL_JSON).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):

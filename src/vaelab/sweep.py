@@ -21,6 +21,7 @@ from pathlib import Path
 
 from . import rundir
 from .config import Config
+from .cli_options import add_data_dir, add_device
 from .errors import VaelabError
 
 METRICS = ("elbo", "recon", "kl", "nll_iw", "bits_per_dim", "active_units", "data_space")
@@ -389,7 +390,7 @@ def register(subparsers) -> None:
                    help="the split to evaluate: test (default), or val (held out of train) for folders without one")
     p.add_argument("--eval-limit", type=int, default=0, metavar="N", help="evaluate only the first N images")
     p.add_argument("--seed", type=int, default=0, help="the evaluation's seed")
-    p.add_argument("--device", help="cpu, cuda or cuda:N")
-    p.add_argument("--data-dir", help="where datasets live (default: $VAELAB_DATA or the user cache)")
+    add_device(p, training=True)
+    add_data_dir(p)
     p.add_argument("--quiet", action="store_true", help="no per-epoch log on the terminal")
     p.set_defaults(func=cmd_sweep)

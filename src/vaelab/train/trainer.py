@@ -703,6 +703,10 @@ def train(config: Config, out: str | Path, resume: bool = False, overwrite: bool
         if ctx is None or ctx.is_main:
             _clear_run_dir(out)
     config.validate()
+    if config.data.data_dir is None:  # record where the data were ($VAELAB_DATA or the cache): later
+        from ..data.dataset import default_data_dir  # commands find them without --data-dir
+
+        config.data.data_dir = str(default_data_dir())
     distributed.barrier(ctx)  # every rank has looked at `out` before rank 0 writes to it
     if callbacks is None:
         callbacks = default_callbacks(config)
