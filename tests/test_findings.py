@@ -190,12 +190,13 @@ def test_the_checks_pass_and_fail_on_the_numbers_they_state():
     sizes["z=50"] = _result(nll_iw=110.0)
     assert not all(c.passed for c in FINDINGS["latent-size"].check(sizes))
     nan = FINDINGS["variance-nan"].check
-    runs = {"log-variance": {"status": "diverged"}, "relu+eps": {"status": "finished"},
-            "relu, eps 1e-8": {"status": "finished", "elbo": -3e6},
-            "relu, eps 1e-8, lr 1e-4": {"status": "finished", "elbo": -900.0}}
+    runs = {"log-variance": {"status": "diverged"}, "relu+eps": {"status": "finished", "rows": [{"grad_norm_max": 1e6}]},
+            "relu, eps 1e-8": {"status": "finished", "elbo": -3e6, "rows": [{"grad_norm_max": 1e9}]},
+            "relu, eps 1e-8, lr 1e-4": {"status": "finished", "elbo": -900.0, "rows": [{"grad_norm_max": 1e3}]}}
     assert all(c.passed for c in nan(runs))
     assert not nan({**runs, "relu+eps": {"status": "diverged"}})[1].passed
-    assert not nan({**runs, "relu, eps 1e-8": {"status": "finished", "elbo": -5e4}})[2].passed
+    assert not nan({**runs, "relu, eps 1e-8": {"status": "finished", "elbo": -5e4,
+                                               "rows": [{"grad_norm_max": 2e6}]}})[2].passed
     assert isinstance(nan(runs)[0], Criterion)
 
 

@@ -29,6 +29,13 @@ LAYOUTS = ("auto", "on", "off")
 STORES = ("memory", "memmap")
 
 
+#: keys that say where and how a run ran or what it kept, not what it trained: two configs that
+#: differ only in these describe the same experiment (a sweep or a finding reuses such a run)
+RUN_ONLY_KEYS = frozenset({"data.data_dir", "data.download", "train.device", "train.threads",
+                           "train.keep_checkpoints", "train.checkpoint_every", "train.sample_every",
+                           "train.tensorboard"})
+
+
 @dataclass
 class DataConfig:
     name: str = "mnist"

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from . import rundir
-from .config import Config
+from .config import RUN_ONLY_KEYS, Config
 from .cli_options import add_data_dir, add_device
 from .errors import VaelabError
 
@@ -30,7 +30,6 @@ RESULTS_MD = "results.md"
 EVAL_FILE = "sweep-eval.json"
 #: keys that may differ between the sweep's config and a run's saved one: where the data
 #: live and how many threads or which device ran it change nothing about the result
-IGNORED_KEYS = {"data.data_dir", "data.download", "train.device", "train.threads"}
 
 
 # -- the grid -------------------------------------------------------------------------------
@@ -130,7 +129,7 @@ def _check_same_config(run_dir: Path, config: Config) -> None:
     saved = _flat(Config.load(run_dir / rundir.CONFIG).to_dict())
     wanted = _flat(config.to_dict())
     differing = sorted(k for k in set(saved) | set(wanted)
-                       if k not in IGNORED_KEYS and k != "preset" and saved.get(k) != wanted.get(k))
+                       if k not in RUN_ONLY_KEYS and k != "preset" and saved.get(k) != wanted.get(k))
     if differing:
         shown = ", ".join(f"{k} {saved.get(k)!r} there vs {wanted.get(k)!r} now" for k in differing[:3])
         raise VaelabError(f"{run_dir} was trained with another config ({shown}): use another --out, "
