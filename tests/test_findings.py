@@ -412,3 +412,14 @@ def test_a_run_records_where_its_data_were_and_every_reader_takes_data_dir(share
                     ["figures", str(run), "--out", str(tmp_path / "figs")],
                     ["report", str(run), "--iw-samples", "0", "--limit", "50", "--quiet"]):
         assert main([*command, "--data-dir", str(shared_data)]) == 0, command
+
+
+def test_train_resume_and_number_messages(tmp_path, capsys):
+    for bad in ("nan", "inf", "-inf"):
+        assert main(["train", "--preset", "demo", "--set", f"train.lr={bad}", "--out", str(tmp_path / "r")]) == 2
+        assert "train.lr must be a finite number" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path)]) == 2
+    assert "not a vaelab run directory" in capsys.readouterr().err
+    (tmp_path / "config.json").write_text("{}")
+    assert main(["train", "--resume", str(tmp_path), "--preset", "demo"]) == 2
+    assert "leave out --preset" in capsys.readouterr().err

@@ -27,6 +27,11 @@ def _config_from_args(args):
 
     if args.preset and args.config:
         raise VaelabError("give --preset or --config, not both")
+    if args.resume and (args.preset or args.config):
+        raise VaelabError("--resume continues a run with its own config.json: leave out --preset/--config "
+                          "(change single keys with --set)")
+    if args.resume and not (Path(args.resume) / "config.json").is_file():
+        raise VaelabError(f"cannot resume {args.resume}: it is not a vaelab run directory (no config.json)")
     if args.preset:
         config = load_preset(args.preset)
     elif args.config:

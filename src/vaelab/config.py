@@ -383,8 +383,8 @@ def _coerce(value, hint, key: str, source: str):
             if isinstance(value, bool):
                 raise ValueError
             number = float(value)
-            if math.isnan(number):
-                raise ValueError
+            if not math.isfinite(number):  # nan and inf alike: one message, naming the key
+                raise VaelabError(f"{source}: {key} must be a finite number, got {value!r}")
             return number
         if hint is str:
             if not isinstance(value, (str, int, float)):
