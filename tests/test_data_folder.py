@@ -50,7 +50,9 @@ def test_jpeg_and_other_modes(tmp_path):
     write_image(tmp_path / "a.jpg", np.full((16, 16, 3), 120, np.uint8), quality=95)
     Image.fromarray(_rgb(5, 16, 16)).convert("P").save(tmp_path / "b.png")
     Image.fromarray(np.dstack([_rgb(6, 16, 16), np.full((16, 16), 9, np.uint8)])).save(tmp_path / "c.png")
-    ds = load_dataset(f"folder:{tmp_path}")
+    with pytest.raises(VaelabError, match="alpha channel"):  # dropping alpha is a conversion: asked for, or refused
+        load_dataset(f"folder:{tmp_path}")
+    ds = load_dataset(f"folder:{tmp_path}", channels=3)
     assert ds.images.shape == (3, 3, 16, 16)
     assert abs(int(ds.images[0].mean()) - 120) <= 2
 
@@ -179,3 +181,19 @@ def test_check_folder_dataset(tmp_path):
     lines = check_dataset(f"folder:{tmp_path}")
     assert any("split train: OK, 1 images 3x8x6" in line for line in lines)
     assert any("split test" in line for line in lines)
+
+
+def test_alpha_is_converted_only_when_asked_like_any_other_mode(tmp_path):
+    from PIL import Image
+
+    from vaelab.data import load_dataset
+    from vaelab.errors import VaelabError
+
+    root = tmp_path / "imgs"
+    (root / "a").mkdir(parents=True)
+    Image.new("RGB", (8, 8), (10, 20, 30)).save(root / "a" / "0.png")
+    Image.new("RGBA", (8, 8), (10, 20, 30, 0)).save(root / "a" / "1.png")
+    with pytest.raises(VaelabError, match="alpha channel .*data.channels"):
+        load_dataset(f"folder:{root}", "train")
+    ds = load_dataset(f"folder:{root}", "train", channels=3)
+    assert ds.images.shape == (2, 3, 8, 8) and (ds.images[1] == ds.images[0]).all()

@@ -14,6 +14,7 @@ from vaelab.errors import VaelabError
 from ._text import reason
 from .convert import square_resize
 
+_ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
 _GRAY_MODES = {"1", "L", "LA", "La", "I", "F", "I;16", "I;16L", "I;16B", "I;16N"}
 _BATCH = 512  # files per worker task: amortizes scheduling over many tiny images
 _SETTINGS_HINT = "set data.image_size and data.channels to convert every image to one size and mode"
@@ -137,6 +138,10 @@ def _decode(path: Path, channels: int | None, size: int | None) -> np.ndarray:
             im.load()
             if im.mode.startswith("I;16"):  # 16-bit gray: keep the high byte, do not clip
                 im = Image.fromarray((np.asarray(im, dtype=np.uint16) >> 8).astype(np.uint8), "L")
+            if channels is None and (im.mode in _ALPHA_MODES or "transparency" in im.info):
+                # one rule for every conversion: done when data.channels asks, never silently
+                # (dropping alpha is as much a conversion as grey -> RGB, which is refused too)
+                raise _Bad(f"{path} has an alpha channel ({im.mode}); {_SETTINGS_HINT} (alpha is dropped)")
             want = {1: "L", 3: "RGB"}.get(channels) or ("L" if im.mode in _GRAY_MODES else "RGB")
             if im.mode != want:
                 im = im.convert(want)
