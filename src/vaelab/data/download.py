@@ -72,6 +72,7 @@ def fetch_file(filename: str, mirrors: list[str], md5: str, folder: Path, progre
     The file is streamed to a temporary file in ``folder``, verified, fsynced and then
     atomically renamed to ``folder/filename``; a bad or partial copy never gets that name.
     """
+    created = [p for p in (folder, *folder.parents) if not p.exists()]  # removed again if nothing comes
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -87,6 +88,11 @@ def fetch_file(filename: str, mirrors: list[str], md5: str, folder: Path, progre
         except _MirrorFailed as exc:
             failures.append(f"{url} ({exc})")
     tried = "; ".join(failures) if failures else "no mirrors configured"
+    for path in created:  # innermost first: "nothing written" leaves no empty folders either
+        try:
+            path.rmdir()
+        except OSError:  # not empty (another file arrived) or not ours to remove
+            break
     raise VaelabError(
         f"could not download {filename}: {tried}; check the network connection, or download "
         f"the file yourself and put it in {folder}"
