@@ -423,3 +423,11 @@ def test_train_resume_and_number_messages(tmp_path, capsys):
     (tmp_path / "config.json").write_text("{}")
     assert main(["train", "--resume", str(tmp_path), "--preset", "demo"]) == 2
     assert "leave out --preset" in capsys.readouterr().err
+
+
+def test_an_unknown_option_prints_the_subcommand_usage(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["eval", "somewhere", "--no-such-option"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: vaelab eval") and "unrecognized arguments: --no-such-option" in err

@@ -349,7 +349,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # the subcommand's own usage, not the top level's (argparse exits with status 2)
+        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+        (commands.get(getattr(args, "command", None)) or parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     args.argv = list(sys.argv[1:] if argv is None else argv)  # as given: --nproc re-runs it in workers
     if not getattr(args, "func", None):
         parser.print_help()
@@ -359,9 +362,9 @@ def main(argv: list[str] | None = None) -> int:
     except VaelabError as exc:
         print(f"vaelab: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print("vaelab: interrupted", file=sys.stderr)
-        return 130
+        return 128 + getattr(exc, "signum", 2)  # 130 for Ctrl-C, 143 for SIGTERM
 
 
 if __name__ == "__main__":

@@ -140,7 +140,7 @@ def evaluate_model(model: VAE, transform: Transform, images: torch.Tensor, iw_sa
     if progress:
         from tqdm.auto import tqdm
 
-        batches = tqdm(batches, desc=f"eval (K={iw_samples})", leave=False)
+        batches = tqdm(batches, desc=f"eval (K={iw_samples})", leave=False, disable=None)  # none off a terminal
     for start in batches:
         batch = images[start:start + batch_size].to(device)  # read once (a memory-mapped store reads the disk)
         x = transform.fixed(batch)

@@ -160,7 +160,8 @@ def _progress_bar(label: str, total: int | None, enabled: bool):
         from tqdm import tqdm
     except ImportError:  # progress is a nicety, never a requirement
         return None
-    return tqdm(total=total, desc=label, unit="B", unit_scale=True, unit_divisor=1024, leave=False)
+    return tqdm(total=total, desc=label, unit="B", unit_scale=True, unit_divisor=1024, leave=False,
+                disable=None)  # no bar when stderr is not a terminal
 
 
 def _fsync_dir(folder: Path) -> None:

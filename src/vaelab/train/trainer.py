@@ -40,6 +40,15 @@ class TrainingDiverged(VaelabError):
     """The loss or a gradient became non-finite and the NaN policy is 'raise'."""
 
 
+class Stopped(KeyboardInterrupt):
+    """Training stopped on a signal after saving a checkpoint; ``signum`` says which
+    (the command exits with 128 + signum, as a shell expects: 130 for SIGINT, 143 for SIGTERM)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = int(signum)
+
+
 class _RolledBack(Exception):
     """The rollback policy restored the last good state: the epoch starts again."""
 
@@ -326,6 +335,7 @@ class Trainer:
 
     def _on_signal(self, signum, frame) -> None:
         self.stop_requested = signal.Signals(signum).name
+        self.stop_signal = signum
 
     def _loop(self) -> None:
         t = self.config.train
@@ -340,7 +350,7 @@ class Trainer:
                 self.log(f"{self.stop_requested}: stopped at step {self._partial['step']} of epoch "
                          f"{self.epoch + 1}, checkpoint {path.name} saved; "
                          f"resume with `vaelab train --resume {self.out}`")
-                raise KeyboardInterrupt
+                raise Stopped(getattr(self, "stop_signal", signal.SIGINT))
             self.rollbacks = 0
             train_seconds = time.perf_counter() - start
             row.update(self._validate())
@@ -379,7 +389,7 @@ class Trainer:
             if self.stop_requested:
                 self.log(f"{self.stop_requested}: stopped after epoch {self.epoch}, checkpoint saved; "
                          f"resume with `vaelab train --resume {self.out}`")
-                raise KeyboardInterrupt
+                raise Stopped(getattr(self, "stop_signal", signal.SIGINT))
 
     def _train_epoch(self) -> dict | None:
         t = self.config.train
