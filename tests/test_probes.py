@@ -90,5 +90,7 @@ def test_eval_cli_merges_probe_results(tmp_path_factory, capsys):
     assert code == 0
     result = json.loads(capsys.readouterr().out)
     assert result["probe_labels"] == 30 and 0 <= result["probe_logreg_error"] <= 1
-    assert result["n_images"] == 50  # --limit is the ELBO's; the probe scores the whole test split
-    assert result["probe_test_images"] == 2000
+    assert result["n_images"] == 50
+    assert result["probe_test_images"] == 50  # --limit applies to the probes' test images too
+    assert main(["eval", str(run_dir), "--probe-labels", "30", "--iw-samples", "0", "--limit", "50"]) == 0
+    assert "% test error (logistic regression)" in capsys.readouterr().out

@@ -108,9 +108,11 @@ def _print_eval(result: dict) -> None:
               f"{psnr(result['mean_image_mse']):.2f} dB)")
     if "binarization" in result:
         print(f"  binarization   {result['binarization']}")
-    for key, value in result.items():
-        if key.startswith("probe_"):
-            print(f"  {key:<14} {value}")
+    if "probe_labels" in result:  # as the report says them: % test error of each classifier
+        n = result["probe_labels"]
+        print(f"  probes         {100 * result['probe_logreg_error']:.2f} % test error (logistic regression), "
+              f"{100 * result['probe_knn_error']:.2f} % ({result['probe_knn_k']}-NN), on the posterior means of "
+              f"{n} labelled training images")
 
 
 def cmd_eval(args) -> int:
@@ -124,7 +126,7 @@ def cmd_eval(args) -> int:
     if args.probe_labels:
         from .probes import probe_latents
 
-        result.update(probe_latents(run, args.probe_labels, seed=args.seed))
+        result.update(probe_latents(run, args.probe_labels, seed=args.seed, test_limit=args.limit))
     if args.json:
         print(json.dumps(result))
     else:

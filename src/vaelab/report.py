@@ -125,7 +125,7 @@ def summarize_run(run, iw_samples: int = 100, limit: int = 0, probe_labels: int 
     if probe_labels:
         from .probes import probe_latents
 
-        result.update(probe_latents(run, probe_labels, seed=seed))
+        result.update(probe_latents(run, probe_labels, seed=seed, test_limit=limit))
     latents = encode_latents(run, split)
     images, _ = run.images(split)
     z_sens = decoder_z_sensitivity(run.model, run.transform, images, seed=seed)
