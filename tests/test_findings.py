@@ -431,3 +431,25 @@ def test_an_unknown_option_prints_the_subcommand_usage(capsys):
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("usage: vaelab eval") and "unrecognized arguments: --no-such-option" in err
+
+
+def test_outputs_are_never_replaced_without_overwrite(tiny_run, tmp_path, capsys):
+    png = tmp_path / "s.png"
+    png.write_bytes(b"keep")
+    figs = tmp_path / "figs"
+    figs.mkdir()
+    (figs / "old.png").write_bytes(b"keep")
+    cmp_dir = tmp_path / "cmp"
+    cmp_dir.mkdir()
+    (cmp_dir / "compare.md").write_text("keep")
+    report = tmp_path / "r.html"
+    report.write_text("keep")
+    for command, kept in ((["sample", str(tiny_run), "--out", str(png)], png),
+                          (["reconstruct", str(tiny_run), "--out", str(png)], png),
+                          (["figures", str(tiny_run), "--out", str(figs)], figs / "old.png"),
+                          (["compare", str(tiny_run), "--out", str(cmp_dir), "--iw-samples", "0"], cmp_dir / "compare.md"),
+                          (["report", str(tiny_run), "--out", str(report), "--iw-samples", "0"], report)):
+        assert main(command) == 2, command
+        assert "--overwrite" in capsys.readouterr().err and kept.read_bytes() == b"keep"
+    assert main(["sample", str(tiny_run), "--out", str(png), "--overwrite"]) == 0
+    assert png.read_bytes()[:4] == b"\x89PNG"

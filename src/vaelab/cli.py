@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .cli_options import add_data_dir, add_device
+from .cli_options import add_data_dir, add_device, add_overwrite, check_output
 from .errors import VaelabError
 
 EXIT_BAD_INPUT = 2
@@ -140,6 +140,7 @@ def cmd_sample(args) -> int:
 
     if args.n < 1:
         raise VaelabError(f"-n must be at least 1, got {args.n}")
+    check_output(args.out, args.overwrite)
     run = load_run(args.run_dir, device=args.device or "cpu")
     save_grid(run.sample(args.n, seed=args.seed), args.out)
     print(f"wrote {args.out}")
@@ -154,6 +155,7 @@ def cmd_reconstruct(args) -> int:
 
     if args.n < 1:
         raise VaelabError(f"-n must be at least 1, got {args.n}")
+    check_output(args.out, args.overwrite)
     run = load_run(args.run_dir, device=args.device or "cpu", data_dir=args.data_dir)
     images, _ = run.images(args.split)
     images = images[:args.n]
@@ -302,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="PNG file to write")
     p.add_argument("--seed", type=int, default=0)
     add_device(p)
+    add_overwrite(p)
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("reconstruct", help="originals and their reconstructions")
@@ -312,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     add_device(p)
     add_data_dir(p)
+    add_overwrite(p)
     p.set_defaults(func=cmd_reconstruct)
 
     p = sub.add_parser("demo", help="train a small VAE on the built-in sample (about a minute)")

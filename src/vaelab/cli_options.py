@@ -12,3 +12,22 @@ def add_device(parser, training: bool = False) -> None:
 
 def add_data_dir(parser) -> None:
     parser.add_argument("--data-dir", help=DATA_DIR_HELP)
+
+
+def add_overwrite(parser) -> None:
+    parser.add_argument("--overwrite", action="store_true", help="replace what --out already holds")
+
+
+def check_output(path, overwrite: bool, folder: bool = False) -> None:
+    """Refuse to replace an existing output unless --overwrite: a file (or, for ``folder``, a
+    non-empty folder) already there is one clear error, and nothing is written."""
+    from pathlib import Path
+
+    from .errors import VaelabError
+
+    path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        raise VaelabError(f"--out {path} is a file: give a folder")
+    taken = path.is_dir() and any(path.iterdir()) if folder else path.exists()
+    if taken and not overwrite:
+        raise VaelabError(f"{path} already exists: pass --overwrite to replace it, or choose another --out")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .cli_options import add_data_dir, add_device
+from .cli_options import add_data_dir, add_device, add_overwrite, check_output
 from .errors import VaelabError
 
 
@@ -23,6 +23,7 @@ def cmd_report(args) -> int:
     from .runs import load_run
 
     check_eval_args(args)
+    check_output(args.out or Path(args.run_dir) / "report.html", args.overwrite)
     run = load_run(args.run_dir, device=args.device or "cpu", data_dir=args.data_dir)
     out = write_report(run, args.out, iw_samples=args.iw_samples, limit=args.limit,
                        probe_labels=args.probe_labels, seed=args.seed, progress=not args.quiet)
@@ -34,6 +35,7 @@ def cmd_compare(args) -> int:
     from .compare import compare_runs, split_run_paths
 
     check_eval_args(args)
+    check_output(args.out, args.overwrite, folder=True)
     for skipped in split_run_paths(args.run_dirs)[1]:
         print(f"skipped {skipped}: a file, not a run directory")
     paths = compare_runs(args.run_dirs, args.out, iw_samples=args.iw_samples, limit=args.limit,
@@ -47,10 +49,9 @@ def cmd_figures(args) -> int:
     from .figures import write_figures
     from .runs import load_run
 
-    run = load_run(args.run_dir, device=args.device or "cpu", data_dir=args.data_dir)
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise VaelabError(f"--out {out} is a file: give a folder for the figures")
+    check_output(out, args.overwrite, folder=True)
+    run = load_run(args.run_dir, device=args.device or "cpu", data_dir=args.data_dir)
     paths = write_figures(run, out, seed=args.seed)
     for path in paths.values():
         print(f"wrote {path}")
@@ -66,6 +67,7 @@ def _eval_options(p) -> None:
     p.add_argument("--seed", type=int, default=0)
     add_device(p)
     add_data_dir(p)
+    add_overwrite(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -88,4 +90,5 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     add_device(p)
     add_data_dir(p)
+    add_overwrite(p)
     p.set_defaults(func=cmd_figures)
