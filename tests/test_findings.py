@@ -453,3 +453,39 @@ def test_outputs_are_never_replaced_without_overwrite(tiny_run, tmp_path, capsys
         assert "--overwrite" in capsys.readouterr().err and kept.read_bytes() == b"keep"
     assert main(["sample", str(tiny_run), "--out", str(png), "--overwrite"]) == 0
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+READERS = {  # every command that reads a run, with the arguments it needs besides the run
+    "eval": lambda out: [],
+    "sample": lambda out: ["--out", str(out / "s.png")],
+    "reconstruct": lambda out: ["--out", str(out / "r.png")],
+    "report": lambda out: ["--out", str(out / "r.html")],
+    "figures": lambda out: ["--out", str(out / "figs")],
+    "compare": lambda out: ["--out", str(out / "cmp")],
+}
+EVAL_OPTIONS = ("eval", "report", "compare")
+
+
+@pytest.mark.parametrize("command", sorted(READERS))
+@pytest.mark.parametrize("bad, expected", [
+    (["--device", "cuda:7"], "CUDA device"),
+    (["--device", "abacus"], "unknown device"),
+    (["--limit", "-1"], "must be 0 or more"),
+    (["--iw-samples", "-2"], "must be 0 or more"),
+    (["--probe-labels", "-3"], "must be 0 or more"),
+    (["--no-such-option"], "unrecognized arguments"),
+])
+def test_every_reading_command_treats_a_shared_option_alike(command, bad, expected, tiny_run, tmp_path, capsys):
+    if bad[0] in ("--limit", "--iw-samples", "--probe-labels") and command not in EVAL_OPTIONS:
+        pytest.skip(f"{command} has no {bad[0]}")
+    if bad[0] == "--device" and torch.cuda.is_available():
+        pytest.skip("a CUDA machine")
+    argv = [command, str(tiny_run), *READERS[command](tmp_path), *bad]
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's own errors (unknown options) exit 2 with the usage
+        code = exc.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err
+    assert not any(tmp_path.iterdir())  # nothing written
