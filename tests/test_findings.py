@@ -489,3 +489,23 @@ def test_every_reading_command_treats_a_shared_option_alike(command, bad, expect
     err = capsys.readouterr().err
     assert expected in err and "Traceback" not in err
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_dequantized_training_spreads_each_pixel_over_its_bin_so_a_variance_cannot_vanish():
+    from vaelab.transforms import make_transform
+
+    u = torch.tensor([[[[0, 128, 255]]]], dtype=torch.uint8).expand(20000, 1, 1, 3)
+    plain, spread = make_transform("scale"), make_transform("scale", dequantize=True)
+    x = spread(u, generator=torch.Generator().manual_seed(0))
+    grid = u.double() / 255
+    assert ((x - grid).abs() <= 0.5 / 255 + 1e-7).all()  # inside each pixel's 8-bit bin
+    assert float((x - grid).mean()) == pytest.approx(0.0, abs=2e-5)
+    # a constant pixel: the maximum-likelihood Gaussian variance is 0 on the grid values
+    # (an unbounded density) and the bin's own variance, 1 / (12 * 255^2), once dequantized
+    assert float(plain(u)[:, 0, 0, 1].var()) == 0.0
+    assert float(x[:, 0, 0, 1].var()) == pytest.approx(1 / (12 * 255 ** 2), rel=0.05)
+    assert torch.equal(spread.fixed(u[:2]), plain.fixed(u[:2]))  # evaluation stays on the grid
+    with pytest.raises(vaelab.VaelabError, match="dequantize"):
+        config = Config()
+        config.apply_overrides(["data.dequantize=true", "data.transform=binarize-dynamic"])
+        config.validate()

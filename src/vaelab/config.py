@@ -44,6 +44,7 @@ class DataConfig:
     store: str = "memory"  # memory: load the split; memmap: read its prepared store (vaelab data prepare)
     train_split: str = "train"  # the split trained on; validation is held out of it
     transform: str = "binarize-dynamic"
+    dequantize: bool = False  # scale: train on (u + U(-1/2, 1/2)) / 255, for densities with a learned variance
     val_fraction: float = 0.1  # held out of train for validation
     limit: int = 0  # use only a fixed random subset of N training images (0: all); for smoke runs
     image_size: int | None = None  # folder datasets: resize to this square side
@@ -182,6 +183,9 @@ class Config:
         if d.store == "memmap" and d.transform == "binarize-static":
             raise VaelabError("data.transform=binarize-static draws the whole split at once in memory: with "
                               "data.store=memmap use binarize-dynamic (or data.store=memory)")
+        if d.dequantize and d.transform != "scale":
+            raise VaelabError(f"data.dequantize spreads 8-bit pixels over their bins: it needs data.transform=scale, "
+                              f"not {d.transform}")
         _range("data.val_fraction", d.val_fraction, 0.0, 0.9)
         _at_least("data.limit", d.limit, 0)
         if d.image_size is not None:

@@ -91,7 +91,7 @@ def prepare_data(data: DataConfig, seed: int = 0, transform: Transform | None = 
             transform = fit_pca(MappedImages(images, train_rows), data.pca_components, data.pca_fit_images,
                                 data.pca_whiten, seed=seed)
         else:
-            transform = make_transform(data.transform)
+            transform = make_transform(data.transform, data.dequantize)
     if data.store == "memmap":  # config validation keeps transforms that rewrite the split off this path
         train, val = MappedImages(images, train_rows), MappedImages(images, val_rows)
     else:  # a one-off rewrite (static binarization) draws on the data.limit subset only, so a

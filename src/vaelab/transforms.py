@@ -28,14 +28,21 @@ class Transform:
     def event_shape(self, image_shape: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(image_shape)
 
+    def __init__(self, dequantize: bool = False):
+        self.dequantize = dequantize
+
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """A training batch: uint8 (B, C, H, W) -> float, possibly random (dynamic binarization)."""
+        """A training batch: uint8 (B, C, H, W) -> float, possibly random (dynamic binarization,
+        dequantization)."""
+        if self.dequantize:  # x = (u + U(-1/2, 1/2)) / 255: uniform over each pixel's 8-bit bin
+            noise = torch.rand(images.shape, generator=generator, device=images.device)
+            return images.float().add_(noise).sub_(0.5).div_(255.0)
         return images.float().div_(255.0)
 
     def fixed(self, images: torch.Tensor) -> torch.Tensor:
         """The deterministic version used for validation, evaluation, figures and probes: a
-        function of each image alone (not of its batch, position or any seed)."""
-        return self(images)
+        function of each image alone (not of its batch, position or any seed): u / 255."""
+        return images.float().div_(255.0)
 
     def to_images(self, x: torch.Tensor) -> torch.Tensor:
         """Model-space tensor -> float images in [0, 1], (B, C, H, W)."""
@@ -133,9 +140,9 @@ class StaticBinarize(Transform):
         return draw.astype(np.uint8) * np.uint8(255)
 
 
-def make_transform(name: str) -> Transform:
+def make_transform(name: str, dequantize: bool = False) -> Transform:
     if name == "scale":
-        return Transform()
+        return Transform(dequantize)
     if name == "binarize-dynamic":
         return DynamicBinarize()
     if name == "binarize-static":

@@ -305,6 +305,12 @@ class Trainer:
                 if cfg.data.transform == "pca":
                     quality = self.data.transform.quality(self.data.val if len(self.data.val) else self.data.train)
                     self.log("PCA: " + ", ".join(f"{k}={v:.4g}" for k, v in quality.items()))
+                m = cfg.model
+                if (cfg.data.transform == "scale" and not cfg.data.dequantize and m.likelihood == "gaussian"
+                        and m.variance != "fixed"):
+                    self.log("WARNING: a learned variance on 8-bit pixels at their grid values can shrink without "
+                             "bound where pixels are constant (the density grows, the code length does not); "
+                             "train with data.dequantize=true")
             if cfg.train.nan_policy == "rollback":
                 self.good_state = self._snapshot()
             self._write_model_description()
