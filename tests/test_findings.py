@@ -474,10 +474,14 @@ EVAL_OPTIONS = ("eval", "report", "compare")
     (["--iw-samples", "-2"], "must be 0 or more"),
     (["--probe-labels", "-3"], "must be 0 or more"),
     (["--no-such-option"], "unrecognized arguments"),
+    (["--seed", "-1"], "must be a whole number 0 or more"),
+    (["--split", "bogus"], "has no 'bogus' split"),
 ])
 def test_every_reading_command_treats_a_shared_option_alike(command, bad, expected, tiny_run, tmp_path, capsys):
     if bad[0] in ("--limit", "--iw-samples", "--probe-labels") and command not in EVAL_OPTIONS:
         pytest.skip(f"{command} has no {bad[0]}")
+    if bad[0] == "--split" and command not in ("eval", "reconstruct"):
+        pytest.skip(f"{command} has no {bad[0]}: it shows the held-out split")
     if bad[0] == "--device" and torch.cuda.is_available():
         pytest.skip("a CUDA machine")
     argv = [command, str(tiny_run), *READERS[command](tmp_path), *bad]

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .cli_options import add_data_dir, add_device, add_overwrite, check_output
+from .cli_options import add_data_dir, add_device, add_overwrite, add_quiet, add_seed, add_split, check_output
 from .errors import VaelabError
 
 EXIT_BAD_INPUT = 2
@@ -279,20 +279,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_device(p, training=True)
     add_data_dir(p)
     p.add_argument("--download", action="store_true", help="download the dataset if missing")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or log on the terminal")
+    add_quiet(p, "no progress bar or log on the terminal")
     p.add_argument("--nproc", type=int, metavar="N",
                    help="data-parallel training in N local processes (DDP; as torchrun --nproc-per-node N)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a run: ELBO, IW log-likelihood, bits/dim, active units")
     p.add_argument("run_dir")
-    p.add_argument("--split", default="test", help="test (default), train, extra, or val (held out of train)")
+    add_split(p)
     p.add_argument("--iw-samples", type=int, default=100, metavar="K", help="importance samples per image (default 100)")
     p.add_argument("--limit", type=int, default=0, help="evaluate only the first N images")
     p.add_argument("--which", default="final", choices=("final", "best", "last"), help="which weights")
     p.add_argument("--probe-labels", type=int, default=0, metavar="N",
                    help="fit classifiers on the posterior means of N labelled training images")
-    p.add_argument("--seed", type=int, default=0)
+    add_seed(p)
     add_device(p)
     add_data_dir(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -302,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("-n", type=int, default=64)
     p.add_argument("--out", required=True, help="PNG file to write")
-    p.add_argument("--seed", type=int, default=0)
+    add_seed(p)
     add_device(p)
     add_overwrite(p)
     p.set_defaults(func=cmd_sample)
@@ -310,9 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reconstruct", help="originals and their reconstructions")
     p.add_argument("run_dir")
     p.add_argument("-n", type=int, default=20)
-    p.add_argument("--split", default="test")
+    add_split(p)
     p.add_argument("--out", required=True, help="PNG file to write")
-    p.add_argument("--seed", type=int, default=0)
+    add_seed(p)
     add_device(p)
     add_data_dir(p)
     add_overwrite(p)
@@ -324,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE")
     p.add_argument("--iw-samples", type=int, default=100)
     add_device(p, training=True)
-    p.add_argument("--quiet", action="store_true")
+    add_quiet(p, "no progress bar or log on the terminal")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("data", help="list, check, download datasets, or prepare a memory-mapped store")

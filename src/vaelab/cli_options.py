@@ -31,3 +31,27 @@ def check_output(path, overwrite: bool, folder: bool = False) -> None:
     taken = path.is_dir() and any(path.iterdir()) if folder else path.exists()
     if taken and not overwrite:
         raise VaelabError(f"{path} already exists: pass --overwrite to replace it, or choose another --out")
+
+
+def _seed(text: str) -> int:
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number 0 or more, got {text!r}")
+    return value
+
+
+def add_seed(parser, help: str = "seed of the Monte-Carlo draws and samples (default 0)") -> None:
+    parser.add_argument("--seed", type=_seed, default=0, help=help)
+
+
+def add_split(parser) -> None:
+    parser.add_argument("--split", default="test", help="test (default), train, extra, or val (held out of train)")
+
+
+def add_quiet(parser, help: str = "no progress bars") -> None:
+    parser.add_argument("--quiet", action="store_true", help=help)

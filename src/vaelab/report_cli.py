@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .cli_options import add_data_dir, add_device, add_overwrite, check_output
+from .cli_options import add_data_dir, add_device, add_overwrite, add_quiet, add_seed, check_output
 from .errors import VaelabError
 
 
@@ -64,11 +64,11 @@ def _eval_options(p) -> None:
     p.add_argument("--limit", type=int, default=0, help="evaluate only the first N test images")
     p.add_argument("--probe-labels", type=int, default=0, metavar="N",
                    help="also fit latent probes on N labelled training images")
-    p.add_argument("--seed", type=int, default=0)
+    add_seed(p)
     add_device(p)
     add_data_dir(p)
     add_overwrite(p)
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_quiet(p)
 
 
 def register(subparsers) -> None:
@@ -87,7 +87,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("figures", help="write every figure of a run as PNG files")
     p.add_argument("run_dir")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the PNG files (created)")
-    p.add_argument("--seed", type=int, default=0)
+    add_seed(p)
     add_device(p)
     add_data_dir(p)
     add_overwrite(p)

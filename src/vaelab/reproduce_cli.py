@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .cli_options import add_data_dir
+from .cli_options import add_data_dir, add_quiet
 from .errors import VaelabError
 
 
@@ -58,5 +58,5 @@ def register(subparsers) -> None:
     p.add_argument("--threads", type=int, default=0, help="CPU threads per run (0: torch's default)")
     p.add_argument("--iw-samples", type=int, default=100, metavar="K", help="importance samples for -log p(x), where a check reads it")
     p.add_argument("--overwrite", action="store_true", help="replace earlier results in --out")
-    p.add_argument("--quiet", action="store_true", help="only the verdict lines")
+    add_quiet(p, "only the verdict lines")
     p.set_defaults(func=cmd_reproduce)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from . import rundir
 from .config import RUN_ONLY_KEYS, Config
-from .cli_options import add_data_dir, add_device
+from .cli_options import add_data_dir, add_device, add_quiet, add_seed
 from .errors import VaelabError
 
 METRICS = ("elbo", "recon", "kl", "nll_iw", "bits_per_dim", "active_units", "data_space")
@@ -388,8 +388,8 @@ def register(subparsers) -> None:
     p.add_argument("--split", default="test",
                    help="the split to evaluate: test (default), or val (held out of train) for folders without one")
     p.add_argument("--eval-limit", type=int, default=0, metavar="N", help="evaluate only the first N images")
-    p.add_argument("--seed", type=int, default=0, help="the evaluation's seed")
+    add_seed(p, "the evaluation's seed")
     add_device(p, training=True)
     add_data_dir(p)
-    p.add_argument("--quiet", action="store_true", help="no per-epoch log on the terminal")
+    add_quiet(p, "no per-epoch log on the terminal")
     p.set_defaults(func=cmd_sweep)
