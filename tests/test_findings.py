@@ -513,3 +513,17 @@ def test_dequantized_training_spreads_each_pixel_over_its_bin_so_a_variance_cann
         config = Config()
         config.apply_overrides(["data.dequantize=true", "data.transform=binarize-dynamic"])
         config.validate()
+
+
+def test_the_report_calls_a_bernoulli_on_grey_levels_a_cross_entropy(tmp_path):
+    from vaelab.report import metrics_rows, summarize_run
+
+    config = Config()
+    config.apply_overrides(["data.name=mnist-sample", "data.limit=300", "data.transform=scale", "model.hidden=16",
+                            "model.latent_dim=2", "train.epochs=1", "train.threads=1"])
+    run = vaelab.load_run(vaelab.train(config.validate(), tmp_path / "grey", progress=False))
+    rows = metrics_rows(summarize_run(run, iw_samples=5, limit=50))
+    labels = [row[0] for row in rows]
+    assert any(label.startswith("cross-entropy, importance-weighted") for label in labels)
+    assert not any(label.startswith("-log p(x)") for label in labels)
+    assert ["nats measured over", "grey levels under a Bernoulli cross-entropy (not a normalized likelihood)", ""] in rows

@@ -151,7 +151,9 @@ def metrics_rows(summary: Summary) -> list[list]:
         ["ELBO", fmt(r["elbo"]), "nats/image (higher is better)"],
         ["reconstruction, -log p(x|z)", fmt(r["recon"]), "nats/image"],
         ["KL(q(z|x) || p(z))", fmt(r["kl"]), "nats/image"],
-        [f"-log p(x), importance-weighted (K={k})", fmt(r.get("nll_iw")), "nats/image (lower is better)"],
+        [f"{'cross-entropy' if 'cross-entropy' in r.get('data_space', '') else '-log p(x)'}, importance-weighted "
+         f"(K={k})", fmt(r.get("nll_iw")), "nats/image (lower is better)"],
+        ["nats measured over", r.get("data_space", "n/a"), ""],
         ["bits per dimension", fmt(r.get("bits_per_dim"), 4),
          f"bits/dim of 8-bit pixels: {r['bits_per_dim_method']}" if r.get("bits_per_dim") is not None
          else "none: not a model of 8-bit pixels (binarized data or PCA components)"],
