@@ -105,10 +105,15 @@ def test_step_statistics_are_written_every_n_steps_and_resume_cleanly(tmp_path):
     assert [r["step"] for r in rows] == list(range(3, 2 * steps_per_epoch + 1, 3))
     assert all(r["latent_std_min"] <= r["latent_std_mean"] <= r["latent_std_max"] for r in rows)
     assert (out / "progress" / "step-0000003.png").exists()
-    # a resume from epoch 1 rewrites the steps after it instead of repeating them
+    # a resume rewrites the steps after its checkpoint instead of repeating them: a row a killed
+    # run wrote past its last checkpoint (step 21, epoch 3) is dropped, then written again once
+    with open(out / "progress" / "steps.jsonl", "a") as f:
+        f.write(json.dumps({**rows[-1], "step": 21}) + "\n")
     config.train.epochs = 3
     vaelab.train(config, out, resume=True, progress=False)
     assert [r["step"] for r in read_step_stats(out)] == list(range(3, 3 * steps_per_epoch + 1, 3))
+    raw = [json.loads(line)["step"] for line in (out / "progress" / "steps.jsonl").read_text().splitlines()]
+    assert raw == list(range(3, 3 * steps_per_epoch + 1, 3))  # the file itself holds each step once
 
 
 # -- diagnostics ----------------------------------------------------------------------------------

@@ -18,6 +18,11 @@ from .model import VAE
 from .transforms import Transform
 
 ACTIVE_UNIT_THRESHOLD = 0.01
+def active_units(means: torch.Tensor) -> int:
+    """Latent dimensions whose posterior mean varies over the images: Cov_x(E_q[z]) > 0.01."""
+    return int((means.var(0) > ACTIVE_UNIT_THRESHOLD).sum()) if len(means) > 1 else 0
+
+
 #: how evaluated images are binarized, said in eval's output (transforms.image_keyed_bernoulli)
 BINARIZATION_RULE = ("each image binarized once, x ~ Bernoulli(u/255) drawn from a hash of its own pixels: the "
                      "same binary images for every --seed, batch size and command")
@@ -160,7 +165,7 @@ def evaluate_model(model: VAE, transform: Transform, images: torch.Tensor, iw_sa
     if iw_samples <= 0:
         result["nll_iw"] = None
     mean = torch.cat(means)
-    result["active_units"] = int((mean.var(0) > ACTIVE_UNIT_THRESHOLD).sum()) if n > 1 else 0
+    result["active_units"] = active_units(mean)
     result.update(errors.result())
     result["data_space"] = data_space(model, transform)
     if transform.name == "binarize-dynamic":

@@ -14,7 +14,7 @@ import torch
 
 from ..diagnostics import latent_spread
 from ..errors import VaelabError
-from ..evaluate import ACTIVE_UNIT_THRESHOLD
+from ..evaluate import active_units
 
 PROGRESS_DIR = "progress"
 PROGRESS_GIF = "progress.gif"
@@ -174,7 +174,7 @@ class StepStats:
             mean, std = q.mean.float(), q.std.float()
             row = {"step": step, "epoch": step / trainer.steps_per_epoch, "beta": beta,
                    "kl": float(q.kl_per_dim().sum(-1).mean()),
-                   "active_units": int((mean.var(0) > ACTIVE_UNIT_THRESHOLD).sum()) if len(mean) > 1 else 0,
+                   "active_units": active_units(mean),
                    **latent_spread(mean, std)}
         finally:
             model.train(was_training)

@@ -27,7 +27,7 @@ from ..data.store import MappedImages
 from ..diagnostics import collapse_warning, latent_spread, psnr
 from ..devices import resolve_device
 from ..errors import VaelabError
-from ..evaluate import ReconstructionError
+from ..evaluate import ReconstructionError, active_units
 from ..model import VAE
 from ..pipeline import PreparedData, prepare_data
 from . import checkpoint as ckpt
@@ -70,6 +70,10 @@ class Trainer:
         # objects with optional on_train_start(trainer), on_epoch_end(trainer, row),
         # on_train_end(trainer): figures, TensorBoard and the like hook in here
         self.callbacks = list(callbacks or [])
+        # the training step calls back only when some callback listens
+        self._step_listeners = any(hasattr(c, "on_step_end") for c in self.callbacks)
+        self._size_logged = False  # the checkpoint size is logged once a run
+        self.stop_signal = signal.SIGINT  # the signal that stopped training, if one did
         self.out = Path(out)
         self.resume = resume
         self.dist = distributed.context()  # None unless several processes train together
@@ -206,7 +210,7 @@ class Trainer:
         tensors, meta = self._state(partial)
         path = folder / rundir.checkpoint_name(self.epoch, partial["step"] if partial else 0)
         ckpt.save_tensors(path, tensors, meta)
-        if not getattr(self, "_size_logged", False):  # once a run: what each checkpoint costs on disk
+        if not self._size_logged:  # what each checkpoint costs on disk
             self._size_logged = True
             keep = self.config.train.keep_checkpoints
             self._log_file_only(f"checkpoints are {path.stat().st_size / 2**20:.1f} MiB each (weights, optimizer "
@@ -356,7 +360,7 @@ class Trainer:
                 self.log(f"{self.stop_requested}: stopped at step {self._partial['step']} of epoch "
                          f"{self.epoch + 1}, checkpoint {path.name} saved; "
                          f"resume with `vaelab train --resume {self.out}`")
-                raise Stopped(getattr(self, "stop_signal", signal.SIGINT))
+                raise Stopped(self.stop_signal)
             self.rollbacks = 0
             train_seconds = time.perf_counter() - start
             row.update(self._validate())
@@ -395,7 +399,7 @@ class Trainer:
             if self.stop_requested:
                 self.log(f"{self.stop_requested}: stopped after epoch {self.epoch}, checkpoint saved; "
                          f"resume with `vaelab train --resume {self.out}`")
-                raise Stopped(getattr(self, "stop_signal", signal.SIGINT))
+                raise Stopped(self.stop_signal)
 
     def _train_epoch(self) -> dict | None:
         t = self.config.train
@@ -479,7 +483,8 @@ class Trainer:
             else:
                 sums += step_sums
                 grad_norm_max = max(grad_norm_max, float(norm))
-            self._callback("on_step_end", self.epoch * self.steps_per_epoch + step + 1, beta)
+            if self._step_listeners:
+                self._callback("on_step_end", self.epoch * self.steps_per_epoch + step + 1, beta)
             if bar is not None:
                 bar.update(1)
                 if step % 20 == 0:
@@ -600,7 +605,7 @@ class Trainer:
             stds.append(q.std)
         n = len(self.val_images)
         mean, std = torch.cat(means), torch.cat(stds)
-        active = int((mean.var(0) > 0.01).sum()) if n > 1 else 0
+        active = active_units(mean)
         row = {f"val_{k}": v / n for k, v in totals.items()}
         row.update(active_units=active, kl_per_dim=(kl_dims / n).tolist(),
                    **{f"val_{k}": v for k, v in errors.result().items()})
