@@ -13,39 +13,9 @@ import torch
 from torch import nn
 
 from .config import ModelConfig
+from .latent.gaussian import Posterior, standard_normal_log_prob
 from .likelihoods import build_likelihood
 from .nn import build_decoder, build_encoder
-
-LOG_2PI = math.log(2 * math.pi)
-
-
-@dataclass
-class Posterior:
-    mean: torch.Tensor  # (B, L)
-    logvar: torch.Tensor  # (B, L)
-
-    @property
-    def std(self) -> torch.Tensor:
-        return torch.exp(0.5 * self.logvar)
-
-    def rsample(self, generator: torch.Generator | None = None,
-                noise: torch.Tensor | None = None) -> torch.Tensor:
-        """The reparameterization trick: z = mean + std * eps, differentiable in both.
-
-        ``noise`` supplies eps (data-parallel training draws it for the global batch).
-        """
-        eps = noise if noise is not None else torch.randn(
-            self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
-        return self.mean + self.std * eps
-
-    def kl_per_dim(self) -> torch.Tensor:
-        """Analytic KL(q(z|x) || N(0, I)) for each latent dimension, (B, L)."""
-        return 0.5 * (self.mean.pow(2) + self.logvar.exp() - 1.0 - self.logvar)
-
-    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
-        """log q(z|x) summed over latent dims; z may carry leading sample dims."""
-        return -0.5 * (((z - self.mean) ** 2) * torch.exp(-self.logvar) + self.logvar + LOG_2PI).sum(-1)
-
 
 @dataclass
 class LossOutput:
@@ -59,10 +29,6 @@ class LossOutput:
 def _full(t: torch.Tensor) -> torch.Tensor:
     """Under bf16/fp16 autocast the networks run in half precision; the distributions stay fp32."""
     return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
-
-
-def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
-    return -0.5 * (z.pow(2) + LOG_2PI).sum(-1)
 
 
 class VAE(nn.Module):
@@ -139,9 +105,7 @@ class VAE(nn.Module):
         params = self.decode(z.reshape(k * batch, -1))
         x_rep = x.unsqueeze(0).expand(k, *x.shape).reshape(k * batch, *x.shape[1:])
         log_px = (log_prob or self.likelihood.log_prob)(params, x_rep).view(k, batch)
-        # log q(z|x) from the noise that made z: the same value as q.log_prob(z), without the
-        # 0 * inf that (z - mean)^2 / var gives when a posterior variance underflows
-        log_q = -0.5 * (eps.pow(2) + q.logvar + LOG_2PI).sum(-1)
+        log_q = q.log_prob_of_noise(eps)
         log_w = log_px + standard_normal_log_prob(z) - log_q
         return log_w, -log_px
 
