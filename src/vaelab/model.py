@@ -17,6 +17,7 @@ from .latent.gaussian import Posterior, standard_normal_log_prob
 from .likelihoods import build_likelihood
 from .nn import build_decoder, build_encoder
 
+
 @dataclass
 class LossOutput:
     loss: torch.Tensor  # scalar to minimise
@@ -24,6 +25,7 @@ class LossOutput:
     kl: torch.Tensor  # mean over the batch of KL(q||p), nats/image (unweighted)
     kl_per_dim: torch.Tensor  # (L,) mean over the batch
     elbo: torch.Tensor  # mean over the batch of the ELBO (always beta = 1), nats/image
+    kl_per_layer: torch.Tensor | None = None  # (n_layers,) for hierarchies, top layer last
 
 
 def _full(t: torch.Tensor) -> torch.Tensor:
