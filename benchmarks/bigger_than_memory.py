@@ -89,7 +89,7 @@ def run_pca(work: Path, components: int, threads: int, in_memory: bool) -> dict:
 
 def run_train(work: Path, steps: int, overrides: list[str], threads: int) -> dict:
     from vaelab.presets import load_preset
-    from vaelab.train import trainer as trainer_module
+    from vaelab.training import trainer as trainer_module
 
     config = load_preset("svhn-pca")
     config.apply_overrides([f"data.data_dir={work / 'data'}", "data.store=memmap", "data.train_split=extra",

@@ -101,11 +101,11 @@ def load_model(run: str | None, data: str | None):
     """(model, transform, test images): a trained run, or an untrained 512-512-32 MLP VAE."""
     from vaelab.config import Config
     from vaelab.model import VAE
-    from vaelab.pipeline import eval_images
+    from vaelab.prepared_data import eval_images
     from vaelab.transforms import make_transform
 
     if run:
-        from vaelab.runs import load_run
+        from vaelab.rundir.load import load_run
 
         r = load_run(run)
         if data:

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import base_parser, data_dir, machine, median  # noqa: E402
 
 from vaelab.presets import load_preset  # noqa: E402
-from vaelab.train.trainer import train  # noqa: E402
+from vaelab.training.trainer import train  # noqa: E402
 
 
 def main(argv=None):

@@ -29,7 +29,7 @@ from _common import base_parser, data_dir, machine, matmul_flops, median, table 
 from train_throughput import MODELS  # noqa: E402
 
 from vaelab.presets import load_preset  # noqa: E402
-from vaelab.train.trainer import train  # noqa: E402
+from vaelab.training.trainer import train  # noqa: E402
 from vaelab.transforms import bernoulli_u8  # noqa: E402
 
 MATMULS = ("aten::mm", "aten::addmm")

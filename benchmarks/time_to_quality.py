@@ -43,9 +43,9 @@ from train_throughput import MODELS, ReferenceLoop  # noqa: E402
 
 from vaelab.evaluate import evaluate_model  # noqa: E402
 from vaelab.model import VAE  # noqa: E402
-from vaelab.pipeline import eval_images  # noqa: E402
+from vaelab.prepared_data import eval_images  # noqa: E402
 from vaelab.presets import load_preset  # noqa: E402
-from vaelab.train.trainer import train  # noqa: E402
+from vaelab.training.trainer import train  # noqa: E402
 from vaelab.transforms import make_transform  # noqa: E402
 
 

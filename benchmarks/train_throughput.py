@@ -199,7 +199,7 @@ def measure(model: str, batch: int, epochs: int, refs: list[str], data: str | No
     probe = Interleave(config, refs)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
-        from vaelab.train.trainer import train
+        from vaelab.training.trainer import train
 
         train(config, out, progress=False, callbacks=[probe])
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]

@@ -23,7 +23,7 @@ from vaelab import rundir
 from vaelab.cli import main
 from vaelab.config import Config
 from vaelab.errors import VaelabError
-from vaelab.train import checkpoint as ckpt
+from vaelab.rundir import checkpoint as ckpt
 
 SRC = Path(vaelab.__file__).parent
 TINY = ["data.name=mnist-sample", "data.limit=300", "model.hidden=32", "model.latent_dim=4",

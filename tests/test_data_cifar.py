@@ -7,7 +7,7 @@ import tarfile
 import numpy as np
 import pytest
 
-from conftest_data import add_bytes, cifar_arrays, cifar_batch_bytes, write_cifar_tar
+from datafiles import add_bytes, cifar_arrays, cifar_batch_bytes, write_cifar_tar
 from vaelab.data import check_dataset, load_dataset
 from vaelab.data.download import safe_extract_tar
 from vaelab.errors import VaelabError

@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from conftest_data import IDX_FILES, cifar_arrays, http_root, idx_bytes, md5, write_cifar_tar  # noqa: F401
+from datafiles import IDX_FILES, cifar_arrays, http_root, idx_bytes, md5, write_cifar_tar  # noqa: F401
 from vaelab.data import download as dl
 from vaelab.data import download_dataset, load_dataset
 from vaelab.errors import VaelabError

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest_data import write_image
+from datafiles import write_image
 from vaelab.data import check_dataset, load_dataset, splits
 from vaelab.data import folder as folder_mod
 from vaelab.errors import VaelabError

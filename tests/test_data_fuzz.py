@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest_data import cifar_batch_bytes, idx_bytes, write_image, write_mat
+from datafiles import cifar_batch_bytes, idx_bytes, write_image, write_mat
 from vaelab.data import Dataset, load_dataset
 from vaelab.errors import VaelabError
 

@@ -7,7 +7,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from conftest_data import IDX_FILES, idx_bytes, make_idx_dataset, write_idx
+from datafiles import IDX_FILES, idx_bytes, make_idx_dataset, write_idx
 from vaelab.data import Dataset, load_dataset
 from vaelab.errors import VaelabError
 

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest_data import shared_data
+from datafiles import shared_data
 from vaelab.data import check_dataset, load_dataset
 from vaelab.errors import VaelabError
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest_data import make_idx_dataset, shared_data, svhn_arrays, write_mat
+from datafiles import make_idx_dataset, shared_data, svhn_arrays, write_mat
 from vaelab.data import (
     Dataset,
     check_dataset,

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from conftest_data import svhn_arrays, write_mat
+from datafiles import svhn_arrays, write_mat
 from vaelab.data import load_dataset
 from vaelab.errors import VaelabError
 

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from vaelab import distributed
 from vaelab.cli import main
 from vaelab.presets import load_preset
-from vaelab.train.trainer import train
+from vaelab.training.trainer import train
 
 # 540 training images in global batches of 41: every batch splits unevenly (21 + 20), and
 # the last one (7 images) too, so the shard weighting is exercised on every step

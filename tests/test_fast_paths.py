@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from vaelab.config import Config
-from vaelab.train.trainer import train
+from vaelab.training.trainer import train
 
 TINY = ["data.name=mnist-sample", "data.limit=300", "model.hidden=32", "model.latent_dim=4",
         "train.batch_size=32", "train.device=cpu", "train.threads=1", "train.epochs=2",
@@ -96,7 +96,7 @@ def test_nan_guard_checked_every_n_steps_matches_every_step(tmp_path):
 
 
 def test_deferred_nan_check_still_raises(tmp_path):
-    from vaelab.train.trainer import TrainingDiverged
+    from vaelab.training.trainer import TrainingDiverged
 
     with pytest.raises(TrainingDiverged, match="of the last 4 steps"):
         _train(tmp_path, "raise", "data.transform=scale", "model.likelihood=gaussian",

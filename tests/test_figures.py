@@ -26,9 +26,9 @@ from vaelab.diagnostics import (collapse_warmup, collapse_warning, decoder_z_sen
 from vaelab.errors import VaelabError
 from vaelab.imagegrid import make_grid
 from vaelab.model import VAE
-from vaelab.runs import Run, load_run
-from vaelab.train import callbacks as cb
-from vaelab.train.trainer import Trainer, default_callbacks
+from vaelab.rundir.load import Run, load_run
+from vaelab.training import callbacks as cb
+from vaelab.training.trainer import Trainer, default_callbacks
 
 HAS_TENSORBOARD = importlib.util.find_spec("tensorboard") is not None
 
@@ -207,7 +207,7 @@ def test_kl_bar_chart_heights_and_active_colours():
 
 def in_memory_run(config: Config, transform) -> Run:
     """An untrained model wrapped as a Run (figures need no training to be drawn)."""
-    from vaelab.pipeline import prepare_data
+    from vaelab.prepared_data import prepare_data
 
     data = prepare_data(config.data, transform=transform)
     torch.manual_seed(0)
@@ -335,7 +335,7 @@ def test_collapse_warning_on_near_zero_kl_or_no_active_units():
     assert failed.startswith("reconstructions no better than the mean image")
     assert collapse_warning({**base, "val_recon_mse": 0.02, "val_mean_image_mse": 0.081}) is None
     # the trainer's name for it is the same check
-    from vaelab.train.trainer import collapse_warning as trainer_check
+    from vaelab.training.trainer import collapse_warning as trainer_check
 
     assert trainer_check({**base, "val_kl": 0.1}, None) == collapse_warning({**base, "val_kl": 0.1})
 

@@ -23,7 +23,7 @@ from vaelab.figures import across_classes
 from vaelab.findings import FINDINGS, Criterion, arm_config, colour_overrides
 from vaelab.model import VAE
 from vaelab.presets import load_preset
-from vaelab.train.callbacks import read_step_stats
+from vaelab.training.callbacks import read_step_stats
 from vaelab.transforms import Transform
 
 
@@ -235,7 +235,7 @@ def test_a_dead_encoder_is_reported_while_an_annealed_weight_is_still_0():
 
 def test_a_flat_reconstruction_starts_the_rise_even_at_a_zero_threshold():
     from vaelab.config import TrainConfig
-    from vaelab.train.schedules import KLSchedule
+    from vaelab.training.schedules import KLSchedule
 
     s = KLSchedule(TrainConfig(kl_schedule="ae-then-anneal", anneal_start_rel=0.0))
     s.end_epoch(0.05, 1)

@@ -16,8 +16,8 @@ import torch
 from vaelab.config import Config, ModelConfig, TrainConfig
 from vaelab.errors import VaelabError
 from vaelab.model import VAE
-from vaelab.train.schedules import EarlyStopping, KLSchedule
-from vaelab.train.trainer import train
+from vaelab.training.schedules import EarlyStopping, KLSchedule
+from vaelab.training.trainer import train
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

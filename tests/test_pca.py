@@ -11,7 +11,7 @@ from sklearn.decomposition import PCA
 
 import vaelab
 from vaelab.config import Config
-from vaelab import pipeline
+from vaelab import prepared_data as pipeline
 from vaelab.errors import VaelabError
 from vaelab.pca import PCATransform, fit_pca
 

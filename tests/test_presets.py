@@ -18,7 +18,7 @@ import vaelab
 from vaelab.config import Config
 from vaelab.model import VAE
 from vaelab.presets import load_preset, preset_info, preset_names
-from vaelab.train.trainer import train
+from vaelab.training.trainer import train
 
 FOLDER_OVERRIDE = "--set data.name=folder:PATH --set data.channels=3 --set data.image_size=32"
 EXPERIMENTS = ["svhn-pca", "svhn-kingma-m1", "svhn-mlp-bernoulli", "svhn-conv-bernoulli", "svhn-conv-gaussian",

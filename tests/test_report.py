@@ -18,7 +18,7 @@ from vaelab import figures
 from vaelab.cli import main
 from vaelab.compare import config_differences, overlaid_curves, run_labels
 from vaelab.report import findings_html, summarize_run
-from vaelab.runs import load_run
+from vaelab.rundir.load import load_run
 
 FAST = {"iw_samples": 5, "limit": 300}  # evaluation settings that keep the tests quick
 FAST_ARGS = ["--iw-samples", "5", "--limit", "300", "--quiet"]

@@ -30,8 +30,8 @@ import vaelab
 from vaelab import rundir
 from vaelab.config import Config
 from vaelab.errors import VaelabError
-from vaelab.train import trainer as trainer_module
-from vaelab.train.checkpoint import load_tensors
+from vaelab.training import trainer as trainer_module
+from vaelab.rundir.checkpoint import load_tensors
 from vaelab.transforms import DynamicBinarize
 
 EPOCHS = 4
@@ -190,7 +190,7 @@ import torch
 import torch._dynamo  # torch's optimizers import it on first use: pay that once, before forking
 import vaelab.cli
 from vaelab import rundir
-from vaelab.train import trainer
+from vaelab.training import trainer
 from vaelab.transforms import DynamicBinarize
 
 spec = json.loads(sys.argv[1])

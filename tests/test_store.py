@@ -17,7 +17,7 @@ from vaelab.data import load_dataset
 from vaelab.data import store as store_module
 from vaelab.data.store import MappedImages, open_store, prepare_store, store_dir, verify_store, write_store
 from vaelab.errors import VaelabError
-from vaelab.pipeline import prepare_data
+from vaelab.prepared_data import prepare_data
 
 TINY = ["data.name=mnist-sample", "data.limit=400", "model.hidden=32", "model.latent_dim=3",
         "train.batch_size=50", "train.device=cpu", "train.threads=1", "train.epochs=2"]

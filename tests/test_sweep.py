@@ -11,9 +11,9 @@ import pytest
 from vaelab import cli, rundir
 from vaelab.config import Config
 from vaelab.errors import VaelabError
-from vaelab.runs import load_run
+from vaelab.rundir.load import load_run
 from vaelab.sweep import combinations, parse_grid, plan, run_name, sweep
-from vaelab.train.trainer import train
+from vaelab.training.trainer import train
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -117,7 +117,7 @@ def test_bits_per_dim_units():
 
 
 def test_static_binarization_is_fixed_and_dynamic_is_fresh(tmp_path):
-    from vaelab.pipeline import prepare_data
+    from vaelab.prepared_data import prepare_data
 
     c = tiny_config(**{"data.transform": "binarize-static"})
     data = prepare_data(c.data)
@@ -157,7 +157,7 @@ def test_training_leaves_process_settings_as_it_found_them(tmp_path):
 def test_data_limit_is_a_seeded_random_subset_across_classes():
     import numpy as np
 
-    from vaelab.pipeline import limit_images
+    from vaelab.prepared_data import limit_images
 
     labels = np.repeat(np.arange(10), 100)  # sorted by class, as many folders are
     images = np.arange(1000, dtype=np.uint8).reshape(1000, 1, 1, 1)
@@ -170,12 +170,12 @@ def test_data_limit_is_a_seeded_random_subset_across_classes():
 
 def test_vaelab_train_is_the_api_function_and_the_package_of_its_modules():
     # `import a.b.c as x` looks up the attribute vaelab.train, so it must be the subpackage
-    import vaelab.train.callbacks as cb
-    import vaelab.train.trainer
-    from vaelab.train import schedules
+    import vaelab.training.callbacks as cb
+    import vaelab.training.trainer
+    from vaelab.training import schedules
 
-    assert cb.__name__ == "vaelab.train.callbacks" and schedules.__name__ == "vaelab.train.schedules"
-    assert vaelab.train.trainer is sys.modules["vaelab.train.trainer"]
+    assert cb.__name__ == "vaelab.training.callbacks" and schedules.__name__ == "vaelab.training.schedules"
+    assert vaelab.training.trainer is sys.modules["vaelab.training.trainer"]
     # ... and calling it trains, with the documented signature
     assert callable(vaelab.train)
     assert list(inspect.signature(vaelab.train).parameters) == ["config", "out", "resume", "overwrite", "progress",
@@ -210,7 +210,7 @@ def test_fast_bernoulli_matches_u_over_255_for_every_level():
 
 def test_images_the_device_cannot_hold_stay_on_the_host(tmp_path, monkeypatch):
     """A GPU out of memory for the dataset: one warning, batches copied over, same training."""
-    from vaelab.train import trainer
+    from vaelab.training import trainer
 
     reference = vaelab.train(tiny_config(**{"train.epochs": 1}), tmp_path / "ref", progress=False)
     move, resident, moving_whole_split = torch.Tensor.to, trainer._resident, [False]
@@ -241,7 +241,7 @@ def test_images_the_device_cannot_hold_stay_on_the_host(tmp_path, monkeypatch):
 def test_static_binarization_draws_on_the_limited_subset():
     """The static draw is made on the data.limit subset (as before stores existed): it does
     not depend on the split's size and never touches the images left out."""
-    from vaelab.pipeline import SPLIT_SEED, load_images, limit_images, prepare_data, split_train_val
+    from vaelab.prepared_data import SPLIT_SEED, load_images, limit_images, prepare_data, split_train_val
     from vaelab.transforms import StaticBinarize
 
     c = tiny_config(**{"data.transform": "binarize-static", "data.limit": 300})

@@ -1,11 +1,12 @@
 """vaelab: train, evaluate and understand variational autoencoders on image data."""
 
-__version__ = "0.1.0"
+from .version import __version__
+from .config import Config
+from .errors import VaelabError
+from .training import fit
 
-from .config import Config  # noqa: E402
-from .errors import VaelabError  # noqa: E402
-
-from . import train  # noqa: E402  the subpackage, callable: vaelab.train(config, out, ...) trains
+#: the older name of ``fit``, kept working
+train = fit
 
 
 def load_dataset(name, split="train", data_dir=None, download=False, **kwargs):
@@ -17,9 +18,9 @@ def load_dataset(name, split="train", data_dir=None, download=False, **kwargs):
 
 def load_run(path, device="cpu", which="final"):
     """Load a run directory for evaluate / sample / reconstruct / encode."""
-    from .runs import load_run as _load_run
+    from .rundir.load import load_run as _load_run
 
     return _load_run(path, device=device, which=which)
 
 
-__all__ = ["Config", "VaelabError", "load_dataset", "train", "load_run", "__version__"]
+__all__ = ["Config", "VaelabError", "load_dataset", "fit", "train", "load_run", "__version__"]

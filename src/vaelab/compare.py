@@ -146,7 +146,7 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path, iw_samples: in
                  device: str = "cpu") -> dict[str, Path]:
     """Write compare.html, compare.md, compare.csv and the PNGs they show into ``out_dir``."""
     from .figures import latent_space, manifold, prior_samples
-    from .runs import load_run
+    from .rundir.load import load_run
 
     run_dirs, _ = split_run_paths(run_dirs)
     runs = [load_run(p, device=device, data_dir=data_dir) for p in run_dirs]  # every run loads (or is refused) before anything is written

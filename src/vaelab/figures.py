@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 from .diagnostics import instability_episodes, latent_activity
 from .errors import VaelabError
 from .imagegrid import make_grid
-from .train.callbacks import decode_images, progress_frames, read_step_stats
+from .training.callbacks import decode_images, progress_frames, read_step_stats
 
 DPI = 100
 NATS = "nats/image"
@@ -535,7 +535,7 @@ def write_figures(run, out_dir, seed: int = 0, latents: Latents | None = None) -
     when the run saved progress grids."""
     import shutil
 
-    from .train.callbacks import PROGRESS_DIR, PROGRESS_GIF, write_progress_gif
+    from .training.callbacks import PROGRESS_DIR, PROGRESS_GIF, write_progress_gif
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -316,8 +316,8 @@ def evaluate_arm(run_dir: Path, iw_samples: int, probe_labels: int = 0) -> dict:
     """The numbers the checks read, on the held-out split (test, else validation)."""
     from .diagnostics import decoder_z_sensitivity
     from .figures import figure_split
-    from .runs import load_run
-    from .train.callbacks import read_step_stats
+    from .rundir.load import load_run
+    from .training.callbacks import read_step_stats
 
     run = load_run(run_dir)
     split = figure_split(run)
@@ -340,7 +340,7 @@ def reproduce(name: str, out: str | Path, seeds: list[int], colour_data: str = "
               data_dir: str | None = None, threads: int = 0, iw_samples: int = 100, overwrite: bool = False,
               log=print) -> dict:
     """Run one finding over ``seeds``; return (and write to OUT) its criteria per seed."""
-    from .train.trainer import TrainingDiverged, train
+    from .training.trainer import TrainingDiverged, train
 
     if name not in FINDINGS:
         raise VaelabError(f"unknown finding {name!r}; choose one of: {', '.join(FINDINGS)}")
@@ -440,8 +440,8 @@ def results_markdown(report: dict) -> str:
 def _figures(finding: Finding, seed_dir: Path, fig_dir: Path) -> None:
     """The seed's figures for each arm that finished, as PNGs named ARM-FIGURE.png."""
     from . import figures
-    from .runs import load_run
-    from .train.callbacks import read_step_stats
+    from .rundir.load import load_run
+    from .training.callbacks import read_step_stats
 
     fig_dir.mkdir(parents=True, exist_ok=True)
     for arm in finding.arms:

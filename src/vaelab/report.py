@@ -14,7 +14,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import __version__
+from .version import __version__
 from .diagnostics import Finding, collapse_warmup, decoder_z_sensitivity, diagnose_model, diagnose_training, psnr
 from .errors import VaelabError
 

@@ -22,7 +22,7 @@ import os
 import re
 from pathlib import Path
 
-from .errors import VaelabError
+from ..errors import VaelabError
 
 CONFIG = "config.json"
 MODEL_JSON = "model.json"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .cli_options import add_data_dir, add_quiet
-from .errors import VaelabError
+from .options import add_data_dir, add_quiet
+from ..errors import VaelabError
 
 
 def _seeds(text: str) -> list[int]:
@@ -19,7 +19,7 @@ def _seeds(text: str) -> list[int]:
 
 
 def cmd_reproduce(args) -> int:
-    from .findings import FINDINGS, reproduce
+    from ..findings import FINDINGS, reproduce
 
     if args.list or not args.finding:
         for finding in FINDINGS.values():

@@ -23,7 +23,7 @@ def check_output(path, overwrite: bool, folder: bool = False) -> None:
     non-empty folder) already there is one clear error, and nothing is written."""
     from pathlib import Path
 
-    from .errors import VaelabError
+    from ..errors import VaelabError
 
     path = Path(path)
     if folder and path.exists() and not path.is_dir():
@@ -55,3 +55,52 @@ def add_split(parser) -> None:
 
 def add_quiet(parser, help: str = "no progress bars") -> None:
     parser.add_argument("--quiet", action="store_true", help=help)
+
+
+def load_config_source(source: str):
+    """A config from a preset name or a config file (.json or .toml)."""
+    from pathlib import Path
+
+    from ..config import Config
+    from ..presets import load_preset
+
+    path = Path(source)
+    return Config.load(path) if path.suffix in (".json", ".toml") and path.is_file() else load_preset(source)
+
+
+def apply_run_options(config, args):
+    """--set overrides, then --device, --data-dir and --download where the command has them; validated."""
+    config.apply_overrides(getattr(args, "set", None) or [])
+    if getattr(args, "device", None):
+        config.train.device = args.device
+    if getattr(args, "data_dir", None):
+        config.data.data_dir = str(args.data_dir)
+    if getattr(args, "download", False):
+        config.data.download = True
+    return config.validate()
+
+
+def config_from_args(args):
+    """`vaelab train`'s config: --preset, --config or the run being resumed, with the options applied."""
+    from pathlib import Path
+
+    from ..config import Config
+    from ..errors import VaelabError
+    from ..presets import load_preset
+
+    if args.preset and args.config:
+        raise VaelabError("give --preset or --config, not both")
+    if args.resume and (args.preset or args.config):
+        raise VaelabError("--resume continues a run with its own config.json: leave out --preset/--config "
+                          "(change single keys with --set)")
+    if args.resume and not (Path(args.resume) / "config.json").is_file():
+        raise VaelabError(f"cannot resume {args.resume}: it is not a vaelab run directory (no config.json)")
+    if args.preset:
+        config = load_preset(args.preset)
+    elif args.config:
+        config = Config.load(args.config)
+    elif args.resume:
+        config = Config.load(Path(args.resume) / "config.json")
+    else:
+        raise VaelabError("vaelab train needs --preset NAME or --config FILE (`vaelab presets` lists the presets)")
+    return apply_run_options(config, args)

@@ -8,16 +8,16 @@ from pathlib import Path
 
 import torch
 
-from . import rundir
-from .config import Config
-from .devices import resolve_device
-from .errors import VaelabError
-from .evaluate import evaluate_model
-from .model import VAE
-from .pca import PCATransform
-from .pipeline import eval_images
-from .train.checkpoint import load_tensors
-from .transforms import make_transform
+from .. import rundir
+from ..config import Config
+from ..devices import resolve_device
+from ..errors import VaelabError
+from ..evaluate import evaluate_model
+from ..model import VAE
+from ..pca import PCATransform
+from ..prepared_data import eval_images
+from .checkpoint import load_tensors
+from ..transforms import make_transform
 
 
 class Run:
@@ -57,7 +57,7 @@ class Run:
         if images is not None:
             images, name, split = self._as_images(images), "given images", "given"
         elif dataset is not None:
-            from .data import load_dataset
+            from ..data import load_dataset
 
             loaded = load_dataset(dataset, split, data_dir=self.config.data.data_dir)
             images, name = self._as_images(loaded.images), dataset

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .cli_options import add_data_dir, add_device, add_overwrite, add_quiet, add_seed, check_output
-from .errors import VaelabError
+from .options import add_data_dir, add_device, add_overwrite, add_quiet, add_seed, check_output
+from ..errors import VaelabError
 
 
 def check_eval_args(args) -> None:
@@ -19,8 +19,8 @@ def check_eval_args(args) -> None:
 
 
 def cmd_report(args) -> int:
-    from .report import write_report
-    from .runs import load_run
+    from ..report import write_report
+    from ..rundir.load import load_run
 
     check_eval_args(args)
     check_output(args.out or Path(args.run_dir) / "report.html", args.overwrite)
@@ -32,7 +32,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from .compare import compare_runs, split_run_paths
+    from ..compare import compare_runs, split_run_paths
 
     check_eval_args(args)
     check_output(args.out, args.overwrite, folder=True)
@@ -46,8 +46,8 @@ def cmd_compare(args) -> int:
 
 
 def cmd_figures(args) -> int:
-    from .figures import write_figures
-    from .runs import load_run
+    from ..figures import write_figures
+    from ..rundir.load import load_run
 
     out = Path(args.out)
     check_output(out, args.overwrite, folder=True)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .. import __version__
+from ..version import __version__
 from .. import distributed
 from .. import rundir
 from ..config import Config
@@ -29,8 +29,8 @@ from ..devices import resolve_device
 from ..errors import VaelabError
 from ..evaluate import ReconstructionError, active_units
 from ..model import VAE
-from ..pipeline import PreparedData, prepare_data
-from . import checkpoint as ckpt
+from ..prepared_data import PreparedData, prepare_data
+from ..rundir import checkpoint as ckpt
 from .schedules import EarlyStopping, KLSchedule, load_lr_state, make_lr_scheduler
 
 VAL_NOISE_SEED = 1234  # validation uses its own generator: it never moves training's RNG

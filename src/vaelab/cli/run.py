@@ -1,0 +1,166 @@
+"""Commands on a finished run: `vaelab eval`, `sample`, `reconstruct`, and `demo` (train, then all three)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import VaelabError
+from .options import add_data_dir, add_device, add_overwrite, add_quiet, add_seed, add_split, check_output
+
+
+def _print_eval(result: dict) -> None:
+    bpd = result.get("bits_per_dim")
+    nll = result.get("nll_iw")
+    print(f"{result['dataset']} {result['split']}, {result['n_images']} images (nats per image, over "
+          f"{result['data_space']}):")
+    print(f"  ELBO           {result['elbo']:.3f}   (reconstruction {result['recon']:.3f}, KL {result['kl']:.3f})")
+    if nll is not None:  # a Bernoulli on grey levels is a cross-entropy, not a normalized likelihood
+        label = "cross-entropy" if "cross-entropy" in result["data_space"] else "-log p(x)"
+        print(f"  {label:<14} {nll:.3f}   (importance-weighted, K={result['iw_samples']})")
+    print(f"  bits/dim       {bpd:.4f}   ({result['bits_per_dim_method']})" if bpd is not None else
+          "  bits/dim       n/a (no pmf over 8-bit pixels: binarized data, PCA components or a continuous Bernoulli)")
+    print(f"  active units   {result['active_units']}")
+    if result.get("recon_mse"):
+        from ..diagnostics import psnr
+
+        print(f"  recon PSNR     {psnr(result['recon_mse']):.2f} dB   (image space; the mean image: "
+              f"{psnr(result['mean_image_mse']):.2f} dB)")
+    if "binarization" in result:
+        print(f"  binarization   {result['binarization']}")
+    if "probe_labels" in result:  # as the report says them: % test error of each classifier
+        n = result["probe_labels"]
+        print(f"  probes         {100 * result['probe_logreg_error']:.2f} % test error (logistic regression), "
+              f"{100 * result['probe_knn_error']:.2f} % ({result['probe_knn_k']}-NN), on the posterior means of "
+              f"{n} labelled training images")
+
+
+def cmd_eval(args) -> int:
+    from .report import check_eval_args
+    from ..rundir.load import load_run
+
+    check_eval_args(args)
+    run = load_run(args.run_dir, device=args.device or "cpu", which=args.which, data_dir=args.data_dir)
+    result = run.evaluate(split=args.split, iw_samples=args.iw_samples, limit=args.limit,
+                          seed=args.seed, progress=not args.json)
+    if args.probe_labels:
+        from ..probes import probe_latents
+
+        result.update(probe_latents(run, args.probe_labels, seed=args.seed, test_limit=args.limit))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        _print_eval(result)
+    return 0
+
+
+def cmd_sample(args) -> int:
+    from ..imagegrid import save_grid
+    from ..rundir.load import load_run
+
+    if args.n < 1:
+        raise VaelabError(f"-n must be at least 1, got {args.n}")
+    check_output(args.out, args.overwrite)
+    run = load_run(args.run_dir, device=args.device or "cpu")
+    save_grid(run.sample(args.n, seed=args.seed), args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_reconstruct(args) -> int:
+    import torch
+
+    from ..imagegrid import save_grid
+    from ..rundir.load import load_run
+
+    if args.n < 1:
+        raise VaelabError(f"-n must be at least 1, got {args.n}")
+    check_output(args.out, args.overwrite)
+    run = load_run(args.run_dir, device=args.device or "cpu", data_dir=args.data_dir)
+    images, _ = run.images(args.split)
+    images = images[:args.n]
+    shown = run.transform.to_images(run.transform.fixed(images)).cpu()
+    recon = run.reconstruct(images, seed=args.seed)
+    # pairs of rows: originals above their reconstructions
+    per_row = min(len(images), 10)
+    rows = []
+    for start in range(0, len(images), per_row):
+        rows += [shown[start:start + per_row], recon[start:start + per_row]]
+    save_grid(torch.cat(rows), args.out, nrow=per_row)
+    print(f"wrote {args.out} (odd rows: originals as the model sees them; even rows: reconstructions)")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from ..imagegrid import save_grid
+    from ..presets import load_preset
+    from ..rundir.load import load_run
+    from ..training.trainer import train
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        n = 2
+        while Path(f"{out}-{n}").exists():
+            n += 1
+        out = Path(f"{out}-{n}")
+    config = load_preset("demo")
+    config.apply_overrides(args.set or [])
+    if args.device:
+        config.train.device = args.device
+    config.validate()
+    print(f"vaelab demo: training a VAE on the built-in MNIST sample into {out}")
+    train(config, out, overwrite=args.overwrite, progress=not args.quiet)
+    run = load_run(out)
+    save_grid(run.sample(64, seed=0), out / "samples.png")
+    images, _ = run.images("test")
+    save_grid(__import__("torch").cat([run.transform.fixed(images[:10]), run.reconstruct(images[:10])]),
+              out / "reconstructions.png", nrow=10)
+    result = run.evaluate("test", iw_samples=args.iw_samples)
+    _print_eval(result)
+    print(f"wrote {out / 'samples.png'} and {out / 'reconstructions.png'}")
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("eval", help="evaluate a run: ELBO, IW log-likelihood, bits/dim, active units")
+    p.add_argument("run_dir")
+    add_split(p)
+    p.add_argument("--iw-samples", type=int, default=100, metavar="K", help="importance samples per image (default 100)")
+    p.add_argument("--limit", type=int, default=0, help="evaluate only the first N images")
+    p.add_argument("--which", default="final", choices=("final", "best", "last"), help="which weights")
+    p.add_argument("--probe-labels", type=int, default=0, metavar="N",
+                   help="fit classifiers on the posterior means of N labelled training images")
+    add_seed(p)
+    add_device(p)
+    add_data_dir(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_eval)
+
+    p = subparsers.add_parser("sample", help="a grid of samples from the prior")
+    p.add_argument("run_dir")
+    p.add_argument("-n", type=int, default=64)
+    p.add_argument("--out", required=True, help="PNG file to write")
+    add_seed(p)
+    add_device(p)
+    add_overwrite(p)
+    p.set_defaults(func=cmd_sample)
+
+    p = subparsers.add_parser("reconstruct", help="originals and their reconstructions")
+    p.add_argument("run_dir")
+    p.add_argument("-n", type=int, default=20)
+    add_split(p)
+    p.add_argument("--out", required=True, help="PNG file to write")
+    add_seed(p)
+    add_device(p)
+    add_data_dir(p)
+    add_overwrite(p)
+    p.set_defaults(func=cmd_reconstruct)
+
+    p = subparsers.add_parser("demo", help="train a small VAE on the built-in sample (about a minute)")
+    p.add_argument("--out", default="vaelab-demo")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE")
+    p.add_argument("--iw-samples", type=int, default=100)
+    add_device(p, training=True)
+    add_quiet(p, "no progress bar or log on the terminal")
+    p.set_defaults(func=cmd_demo)

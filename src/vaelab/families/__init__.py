@@ -1,0 +1,1 @@
+"""Model families beyond the plain VAE of model.py, each one module."""
