@@ -25,6 +25,8 @@ from vaelab.diagnostics import (collapse_warmup, collapse_warning, decoder_z_sen
                                 diagnose_training, instability_episodes, latent_activity)
 from vaelab.errors import VaelabError
 from vaelab.imagegrid import make_grid
+from vaelab.images import decode_images
+from vaelab.rundir.progress import PROGRESS_DIR, PROGRESS_GIF, progress_frames, write_progress_gif
 from vaelab.model import VAE
 from vaelab.rundir.load import Run, load_run
 from vaelab.training import callbacks as cb
@@ -256,22 +258,22 @@ def test_figures_say_so_when_there_is_nothing_to_draw(tmp_path):
 # -- progress grids, the GIF and TensorBoard -----------------------------------------------------
 
 def test_progress_grids_decode_the_fixed_noise_each_epoch(run2d, tmp_path):
-    frames = cb.progress_frames(run2d.path)
+    frames = progress_frames(run2d.path)
     assert [f.name for f in frames] == ["epoch-0001.png", "epoch-0002.png"]
     # the last frame is the final model decoding the fixed noise, pixel for pixel
     from vaelab.imagegrid import save_grid
 
     z = cb.fixed_noise(2)
-    reference = save_grid(cb.decode_images(run2d.model, run2d.transform, z), run2d.path.parent / "ref.png", nrow=8)
+    reference = save_grid(decode_images(run2d.model, run2d.transform, z), run2d.path.parent / "ref.png", nrow=8)
     assert np.array_equal(np.asarray(Image.open(frames[-1])), np.asarray(Image.open(reference)))
     assert not np.array_equal(np.asarray(Image.open(frames[0])), np.asarray(Image.open(frames[1])))
-    with Image.open(run2d.path / cb.PROGRESS_DIR / cb.PROGRESS_GIF) as gif:
+    with Image.open(run2d.path / PROGRESS_DIR / PROGRESS_GIF) as gif:
         assert gif.format == "GIF" and gif.n_frames == 2
     # the GIF can be made elsewhere from the grids alone (figures of a run that lost it)
-    elsewhere = cb.write_progress_gif(run2d.path, tmp_path / "again.gif")
+    elsewhere = write_progress_gif(run2d.path, tmp_path / "again.gif")
     with Image.open(elsewhere) as gif:
         assert gif.n_frames == 2 and gif.size == (Image.open(frames[0]).width, Image.open(frames[0]).height + 16)
-    assert cb.write_progress_gif(tmp_path) is None  # no grids, no GIF
+    assert write_progress_gif(tmp_path) is None  # no grids, no GIF
 
 
 def test_training_time_outputs_do_not_change_training(run2d, tmp_path_factory):
@@ -280,7 +282,7 @@ def test_training_time_outputs_do_not_change_training(run2d, tmp_path_factory):
         return [{k: v for k, v in r.items() if k not in ("seconds", "images_per_s")} for r in rows]
 
     assert strip(run2d.metrics()) == strip(plain.metrics())
-    assert not (plain.path / cb.PROGRESS_DIR).exists()
+    assert not (plain.path / PROGRESS_DIR).exists()
     for name, tensor in run2d.model.state_dict().items():
         torch.testing.assert_close(tensor, plain.model.state_dict()[name], rtol=0, atol=0)
 

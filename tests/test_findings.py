@@ -23,7 +23,7 @@ from vaelab.figures import across_classes
 from vaelab.findings import FINDINGS, Criterion, arm_config, colour_overrides
 from vaelab.model import VAE
 from vaelab.presets import load_preset
-from vaelab.training.callbacks import read_step_stats
+from vaelab.rundir.progress import read_step_stats
 from vaelab.transforms import Transform
 
 

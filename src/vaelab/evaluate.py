@@ -14,6 +14,7 @@ import math
 
 import torch
 
+from .images import decode_images
 from .model import VAE
 from .transforms import Transform
 
@@ -68,7 +69,7 @@ class ReconstructionError:
     @torch.no_grad()
     def add(self, model: VAE, transform: Transform, posterior_mean: torch.Tensor, images: torch.Tensor) -> None:
         target = images.to(posterior_mean.device).double().div(255.0).flatten(1)
-        recon = transform.to_images(model.likelihood.mean(model.decode(posterior_mean))).double().flatten(1)
+        recon = decode_images(model, transform, posterior_mean).double().flatten(1)
         self.recon_sq += float((recon - target).pow(2).mean(1).sum())
         batch_sum, batch_sq = target.sum(0), target.pow(2).sum(0)
         self.sum = batch_sum if self.sum is None else self.sum + batch_sum

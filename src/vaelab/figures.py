@@ -22,7 +22,9 @@ from matplotlib.figure import Figure
 from .diagnostics import instability_episodes, latent_activity
 from .errors import VaelabError
 from .imagegrid import make_grid
-from .training.callbacks import decode_images, progress_frames, read_step_stats
+from .images import decode_images
+from .imagegrid import paired_rows
+from .rundir.progress import PROGRESS_DIR, PROGRESS_GIF, progress_frames, read_step_stats, write_progress_gif
 
 DPI = 100
 NATS = "nats/image"
@@ -93,7 +95,7 @@ def encode_latents(run, split: str | None = None, limit: int = 10000) -> Latents
 
 
 def _decode(run, z: torch.Tensor) -> torch.Tensor:
-    return decode_images(run.model, run.transform, z)
+    return decode_images(run.model, run.transform, z).cpu()
 
 
 def across_classes(labels: torch.Tensor, n: int) -> torch.Tensor:
@@ -193,16 +195,9 @@ def reconstructions(run, path, n: int = 20, per_row: int = 10, split: str | None
     images, labels = run.images(split)
     images = images[across_classes(labels, n)]
     recon = run.reconstruct(images, seed=seed)
-    originals = _originals(images)
-    rows, labels = [], []
-    for start in range(0, len(images), per_row):
-        rows += [originals[start:start + per_row], recon[start:start + per_row]]
-        labels += ["original", "reconstruction"]
-    width = min(per_row, len(images))
-    if len(images) % width:  # pad the last pair so every row has the same length
-        blank = torch.ones((width - len(images) % width, *images.shape[1:]))
-        rows[-2], rows[-1] = torch.cat([rows[-2], blank]), torch.cat([rows[-1], blank])
-    return _grid_figure(torch.cat(rows), width, f"Reconstructions of {split} images (decoder mean at the "
+    grid, width = paired_rows(_originals(images), recon, per_row)
+    labels = ["original", "reconstruction"] * (len(grid) // (2 * width))
+    return _grid_figure(grid, width, f"Reconstructions of {split} images (decoder mean at the "
                         f"posterior mean)", path, row_labels=labels)
 
 
@@ -534,8 +529,6 @@ def write_figures(run, out_dir, seed: int = 0, latents: Latents | None = None) -
     """Every figure of FIGURES into ``out_dir`` (created), as NAME.png; plus progress.gif
     when the run saved progress grids."""
     import shutil
-
-    from .training.callbacks import PROGRESS_DIR, PROGRESS_GIF, write_progress_gif
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -317,7 +317,7 @@ def evaluate_arm(run_dir: Path, iw_samples: int, probe_labels: int = 0) -> dict:
     from .diagnostics import decoder_z_sensitivity
     from .figures import figure_split
     from .rundir.load import load_run
-    from .training.callbacks import read_step_stats
+    from .rundir.progress import read_step_stats
 
     run = load_run(run_dir)
     split = figure_split(run)
@@ -441,7 +441,7 @@ def _figures(finding: Finding, seed_dir: Path, fig_dir: Path) -> None:
     """The seed's figures for each arm that finished, as PNGs named ARM-FIGURE.png."""
     from . import figures
     from .rundir.load import load_run
-    from .training.callbacks import read_step_stats
+    from .rundir.progress import read_step_stats
 
     fig_dir.mkdir(parents=True, exist_ok=True)
     for arm in finding.arms:

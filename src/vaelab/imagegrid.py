@@ -26,6 +26,20 @@ def make_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2, pad_v
     return array[:, :, 0] if c == 1 else array
 
 
+def paired_rows(top: torch.Tensor, bottom: torch.Tensor, per_row: int = 10) -> tuple[torch.Tensor, int]:
+    """Rows of ``top`` images, each above the same positions of ``bottom`` (originals over
+    their reconstructions), the last pair padded with white; returns (images, row width)."""
+    width = max(1, min(per_row, len(top)))
+    rows = []
+    for start in range(0, len(top), width):
+        for images in (top, bottom):
+            row = images[start:start + width].float().cpu()
+            if len(row) < width:  # pad the last pair so every row has the same length
+                row = torch.cat([row, torch.ones((width - len(row), *row.shape[1:]))])
+            rows.append(row)
+    return torch.cat(rows), width
+
+
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, scale: int = 2) -> Path:
     """Save a grid PNG, nearest-neighbour upscaled so small digits stay visible."""
     from PIL import Image

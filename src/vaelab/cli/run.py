@@ -68,9 +68,7 @@ def cmd_sample(args) -> int:
 
 
 def cmd_reconstruct(args) -> int:
-    import torch
-
-    from ..imagegrid import save_grid
+    from ..imagegrid import paired_rows, save_grid
     from ..rundir.load import load_run
 
     if args.n < 1:
@@ -80,19 +78,14 @@ def cmd_reconstruct(args) -> int:
     images, _ = run.images(args.split)
     images = images[:args.n]
     shown = run.transform.to_images(run.transform.fixed(images)).cpu()
-    recon = run.reconstruct(images, seed=args.seed)
-    # pairs of rows: originals above their reconstructions
-    per_row = min(len(images), 10)
-    rows = []
-    for start in range(0, len(images), per_row):
-        rows += [shown[start:start + per_row], recon[start:start + per_row]]
-    save_grid(torch.cat(rows), args.out, nrow=per_row)
+    grid, width = paired_rows(shown, run.reconstruct(images, seed=args.seed))
+    save_grid(grid, args.out, nrow=width)
     print(f"wrote {args.out} (odd rows: originals as the model sees them; even rows: reconstructions)")
     return 0
 
 
 def cmd_demo(args) -> int:
-    from ..imagegrid import save_grid
+    from ..imagegrid import paired_rows, save_grid
     from ..presets import load_preset
     from ..rundir.load import load_run
     from ..training.trainer import train
@@ -113,8 +106,9 @@ def cmd_demo(args) -> int:
     run = load_run(out)
     save_grid(run.sample(64, seed=0), out / "samples.png")
     images, _ = run.images("test")
-    save_grid(__import__("torch").cat([run.transform.fixed(images[:10]), run.reconstruct(images[:10])]),
-              out / "reconstructions.png", nrow=10)
+    shown = run.transform.to_images(run.transform.fixed(images[:10])).cpu()
+    grid, width = paired_rows(shown, run.reconstruct(images[:10]))
+    save_grid(grid, out / "reconstructions.png", nrow=width)
     result = run.evaluate("test", iw_samples=args.iw_samples)
     _print_eval(result)
     print(f"wrote {out / 'samples.png'} and {out / 'reconstructions.png'}")

@@ -99,6 +99,7 @@ class LadderVAE(nn.Module):
         if not _positive_ints(latent_dims + hidden + [depth]):
             raise ValueError(f"latent_dims, hidden and depth must be integers >= 1, got "
                              f"{latent_dims}, {hidden}, {depth}")
+        latent_dims, hidden = [int(d) for d in latent_dims], [int(h) for h in hidden]
         if network not in NETWORKS:
             raise ValueError(f"unknown network {network!r}; choose one of: {', '.join(NETWORKS)}")
         if network == "conv" and len(self.event_shape) != 3:

@@ -32,15 +32,14 @@ class MaskedLinear(nn.Linear):
         return F.linear(x, self.weight * self.mask, self.bias)
 
 
-def hidden_degrees(features: int, width: int) -> torch.Tensor:
+def hidden_degrees(features: int, width: int, context: bool) -> torch.Tensor:
     """Degrees cycling 1..features-1, deterministic so construction draws no random numbers.
 
-    A unit of degree d may read inputs 1..d. With one feature nothing may read z, so every
-    hidden unit gets degree 0 and carries only the context.
+    A unit of degree d may read inputs 1..d. With a context, degree 0 joins the cycle: those
+    units read the context alone, the only path by which output 1 (which sees no z) gets it.
     """
-    if features == 1:
-        return torch.zeros(width, dtype=torch.long)
-    return torch.arange(width) % (features - 1) + 1
+    low = 0 if context or features == 1 else 1
+    return torch.arange(width) % (features - low) + low
 
 
 class MADE(nn.Module):
@@ -51,7 +50,7 @@ class MADE(nn.Module):
         super().__init__()
         self.features, self.out_per_dim = features, out_per_dim
         in_degrees = torch.arange(1, features + 1)
-        degrees = [in_degrees] + [hidden_degrees(features, h) for h in hidden]
+        degrees = [in_degrees] + [hidden_degrees(features, h, context_features > 0) for h in hidden]
         layers = []
         for before, after in zip(degrees[:-1], degrees[1:]):
             mask = after[:, None] >= before[None, :]

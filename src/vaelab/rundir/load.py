@@ -13,6 +13,7 @@ from ..config import Config
 from ..devices import resolve_device
 from ..errors import VaelabError
 from ..evaluate import evaluate_model
+from ..images import decode_images
 from ..model import VAE
 from ..pca import PCATransform
 from ..prepared_data import eval_images
@@ -84,7 +85,7 @@ class Run:
         z = torch.as_tensor(z, dtype=torch.float32)
         if z.dim() != 2 or z.shape[1] != self.model.latent_dim:
             raise VaelabError(f"z must have shape (N, {self.model.latent_dim}), got {tuple(z.shape)}")
-        return self.transform.to_images(self.model.likelihood.mean(self.model.decode(z.to(self.device)))).cpu()
+        return decode_images(self.model, self.transform, z).cpu()
 
     def _as_images(self, images) -> torch.Tensor:
         """uint8 (N, *image_shape) as a tensor: what load_dataset returns (numpy) or Run.images (torch)."""

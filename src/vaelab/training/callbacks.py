@@ -8,16 +8,15 @@ noise from its own generator, so turning one on never changes what training comp
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
 
 from ..diagnostics import latent_spread
 from ..errors import VaelabError
 from ..evaluate import active_units
+from ..images import decode_images
+from ..rundir.progress import PROGRESS_DIR, STEPS_FILE, read_step_stats, write_progress_gif
 
-PROGRESS_DIR = "progress"
-PROGRESS_GIF = "progress.gif"
 TENSORBOARD_DIR = "tensorboard"
 NOISE_SEED = 4321  # the fixed z of the progress grids: the same in every run and every epoch
 GRID_IMAGES = 64
@@ -26,18 +25,6 @@ GRID_IMAGES = 64
 def fixed_noise(latent_dim: int, n: int = GRID_IMAGES, seed: int = NOISE_SEED) -> torch.Tensor:
     """n draws of z ~ N(0, I) from a generator of their own (CPU, so every device agrees)."""
     return torch.randn((n, latent_dim), generator=torch.Generator().manual_seed(seed))
-
-
-@torch.no_grad()
-def decode_images(model, transform, z: torch.Tensor) -> torch.Tensor:
-    """Decoder means at z, as float images in [0, 1] on the CPU; the model's mode is kept."""
-    was_training = model.training
-    model.eval()
-    try:
-        device = next(model.parameters()).device
-        return transform.to_images(model.likelihood.mean(model.decode(z.to(device)))).float().cpu()
-    finally:
-        model.train(was_training)
 
 
 def monitor_images(trainer):
@@ -51,35 +38,6 @@ def _due(epoch: int, every: int, last: int) -> bool:
 
 
 # -- progress grids --------------------------------------------------------------------------
-
-def progress_frames(run_dir: str | Path) -> list[Path]:
-    """The saved progress grids of a run, in epoch order."""
-    folder = Path(run_dir) / PROGRESS_DIR
-    return sorted(folder.glob("epoch-*.png")) if folder.is_dir() else []
-
-
-def write_progress_gif(run_dir: str | Path, out: str | Path | None = None, frame_ms: int = 500) -> Path | None:
-    """Animate the progress grids into ``out`` (default RUN_DIR/progress/progress.gif), each
-    frame labelled with its epoch; None when there are no grids yet."""
-    from PIL import Image, ImageDraw
-
-    frames = []
-    for path in progress_frames(run_dir):
-        with Image.open(path) as grid:
-            grid = grid.convert("RGB")
-        # a white strip above the grid for the label, so the digits stay uncovered
-        frame = Image.new("RGB", (grid.width, grid.height + 16), "white")
-        frame.paste(grid, (0, 16))
-        ImageDraw.Draw(frame).text((4, 2), f"epoch {int(path.stem.split('-')[1])}", fill="black")
-        frames.append(frame)
-    if not frames:
-        return None
-    out = Path(out) if out else Path(run_dir) / PROGRESS_DIR / PROGRESS_GIF
-    # the last frame stays up longer, so the end of training is easy to see
-    durations = [frame_ms] * (len(frames) - 1) + [frame_ms * 4]
-    frames[0].save(out, save_all=True, append_images=frames[1:], duration=durations, loop=0)
-    return out
-
 
 class ProgressGrids:
     """Every ``every`` epochs (and after the last), decode the same fixed noise into
@@ -108,25 +66,7 @@ class ProgressGrids:
 
 # -- statistics every N steps ----------------------------------------------------------------
 
-STEPS_FILE = "steps.jsonl"
 STEP_BATCH = 256  # validation images whose posteriors are summarised
-
-
-def read_step_stats(run_dir: str | Path) -> list[dict]:
-    """The rows StepStats wrote (RUN_DIR/progress/steps.jsonl), in step order; [] if none."""
-    import json
-
-    path = Path(run_dir) / PROGRESS_DIR / STEPS_FILE
-    if not path.is_file():
-        return []
-    rows = {}
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:  # a line cut short by a kill
-            break
-        rows[row["step"]] = row  # an epoch redone after a NaN rollback rewrites its steps: the last counts
-    return [rows[step] for step in sorted(rows)]
 
 
 class StepStats:
