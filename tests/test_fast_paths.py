@@ -96,7 +96,7 @@ def test_nan_guard_checked_every_n_steps_matches_every_step(tmp_path):
 
 
 def test_deferred_nan_check_still_raises(tmp_path):
-    from vaelab.training.trainer import TrainingDiverged
+    from vaelab.training.nan_guard import TrainingDiverged
 
     with pytest.raises(TrainingDiverged, match="of the last 4 steps"):
         _train(tmp_path, "raise", "data.transform=scale", "model.likelihood=gaussian",

@@ -22,7 +22,7 @@ from vaelab import rundir
 from vaelab.cli import main
 from vaelab.config import Config
 from vaelab.rundir.checkpoint import load_tensors
-from vaelab.training.trainer import MAX_ROLLBACKS, TrainingDiverged
+from vaelab.training.nan_guard import MAX_ROLLBACKS, TrainingDiverged
 
 STEPS = 9  # 270 training images in batches of 32
 TINY = ["data.name=mnist-sample", "data.limit=300", "model.hidden=32", "model.latent_dim=4",

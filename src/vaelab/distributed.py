@@ -40,6 +40,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .errors import VaelabError
+from .objective import noise_shape, training_loss
 
 
 @dataclass(frozen=True)
@@ -122,10 +123,8 @@ class _Objective(nn.Module):
         super().__init__()
         self.vae = vae
 
-    def forward(self, x, beta: float, free_bits: float, objective: str, k: int, noise):
-        if objective == "iwae":
-            return self.vae.iwae_loss(x, k, noise=noise)
-        return self.vae.loss(x, beta=beta, free_bits=free_bits, noise=noise)
+    def forward(self, x, beta: float, train, noise):
+        return training_loss(self.vae, x, beta, train, noise=noise)
 
 
 class DataParallel:
@@ -140,12 +139,11 @@ class DataParallel:
         """(local x, LossOutput on the shard, the tensor to call backward on)."""
         batch = x.shape[0]
         # the noise of the whole global batch, drawn as one process would, then sliced
-        shape = (t.iw_samples, batch, self.model.latent_dim) if t.objective == "iwae" else (batch, self.model.latent_dim)
-        noise = torch.randn(shape, device=x.device, dtype=torch.float32)
+        noise = torch.randn(noise_shape(self.model, t, batch), device=x.device, dtype=torch.float32)
         part = shard(batch, self.ctx)
         local = x[part]
         noise = noise[:, part] if t.objective == "iwae" else noise[part]
-        out = self.ddp(local, beta, t.free_bits, t.objective, t.iw_samples, noise)
+        out = self.ddp(local, beta, t, noise)
         # DDP averages over ranks; this weight turns that into the mean over the global batch
         weight = local.shape[0] * self.ctx.world / batch
         return local, out, out.loss * weight

@@ -14,11 +14,12 @@ import math
 
 import torch
 
-from .images import decode_images
 from .model import VAE
 from .transforms import Transform
 
 ACTIVE_UNIT_THRESHOLD = 0.01
+
+
 def active_units(means: torch.Tensor) -> int:
     """Latent dimensions whose posterior mean varies over the images: Cov_x(E_q[z]) > 0.01."""
     return int((means.var(0) > ACTIVE_UNIT_THRESHOLD).sum()) if len(means) > 1 else 0
@@ -67,9 +68,9 @@ class ReconstructionError:
         self.sum = self.sum_sq = None
 
     @torch.no_grad()
-    def add(self, model: VAE, transform: Transform, posterior_mean: torch.Tensor, images: torch.Tensor) -> None:
-        target = images.to(posterior_mean.device).double().div(255.0).flatten(1)
-        recon = decode_images(model, transform, posterior_mean).double().flatten(1)
+    def add(self, model: VAE, transform: Transform, params_at_mean: torch.Tensor, images: torch.Tensor) -> None:
+        target = images.to(params_at_mean.device).double().div(255.0).flatten(1)
+        recon = transform.to_images(model.likelihood.mean(params_at_mean)).double().flatten(1)
         self.recon_sq += float((recon - target).pow(2).mean(1).sum())
         batch_sum, batch_sq = target.sum(0), target.pow(2).sum(0)
         self.sum = batch_sum if self.sum is None else self.sum + batch_sum
@@ -129,6 +130,49 @@ BITS_PER_DIM_METHOD = {
 }
 
 
+class ElboPass:
+    """One pass over uint8 images in batches: the ELBO, its parts and the KL per latent
+    dimension (one posterior sample each), the posterior means and standard deviations,
+    and the reconstruction error at the posterior mean. Validation during training,
+    `vaelab eval` and the report all measure through here."""
+
+    def __init__(self, model: VAE, transform: Transform, generator: torch.Generator):
+        self.model, self.transform, self.generator = model, transform, generator
+        self.totals = {"elbo": 0.0, "recon": 0.0, "kl": 0.0}
+        self.kl_per_dim = None
+        self.means, self.stds = [], []
+        self.errors = ReconstructionError()
+        self.n = 0
+
+    @torch.no_grad()
+    def add(self, images: torch.Tensor) -> torch.Tensor:
+        """Measure a batch of uint8 images (on the model's device); returns the model's input x."""
+        x = self.transform.fixed(images)
+        terms = self.model.elbo_terms(x, generator=self.generator, at_mean=True)
+        for key in self.totals:
+            self.totals[key] += float(terms[key].double().sum())
+        kl = terms["kl_per_dim"].double().sum(0)
+        self.kl_per_dim = kl if self.kl_per_dim is None else self.kl_per_dim + kl
+        self.means.append(terms["means"])
+        self.stds.append(terms["stds"])
+        self.errors.add(self.model, self.transform, terms["params_at_mean"], images)
+        self.n += len(images)
+        return x
+
+    def result(self) -> dict:
+        """elbo, recon, kl (nats per image), kl_per_dim (list), active_units, recon_mse, mean_image_mse."""
+        n = max(self.n, 1)
+        result = {k: v / n for k, v in self.totals.items()}
+        result["kl_per_dim"] = (self.kl_per_dim / n).tolist() if self.kl_per_dim is not None else []
+        result["active_units"] = active_units(torch.cat(self.means).double()) if self.means else 0
+        result.update(self.errors.result())
+        return result
+
+    def posteriors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The posterior means and standard deviations of every image measured, (N, L) each."""
+        return torch.cat(self.means), torch.cat(self.stds)
+
+
 @torch.no_grad()
 def evaluate_model(model: VAE, transform: Transform, images: torch.Tensor, iw_samples: int = 100,
                    batch_size: int = 500, seed: int = 0, progress: bool = False) -> dict:
@@ -138,44 +182,33 @@ def evaluate_model(model: VAE, transform: Transform, images: torch.Tensor, iw_sa
     if device.type == "cpu":
         _keep_freed_memory()
     gen = torch.Generator(device=device).manual_seed(seed)
-    totals = {"elbo": 0.0, "recon": 0.0, "kl": 0.0, "nll_iw": 0.0, "nll_8bit": 0.0}
+    measured = ElboPass(model, transform, gen)
+    nll_iw = nll_8bit = 0.0
     pixel_pmf = eight_bit_log_prob(model, transform)
-    means = []
-    errors = ReconstructionError()
     batches = range(0, len(images), batch_size)
     if progress:
         from tqdm.auto import tqdm
 
         batches = tqdm(batches, desc=f"eval (K={iw_samples})", leave=False, disable=None)  # none off a terminal
     for start in batches:
-        batch = images[start:start + batch_size].to(device)  # read once (a memory-mapped store reads the disk)
-        x = transform.fixed(batch)
-        terms = model.elbo_terms(x, generator=gen)
-        for key in ("elbo", "recon", "kl"):
-            totals[key] += float(terms[key].double().sum())
+        # read once (a memory-mapped store reads the disk)
+        x = measured.add(images[start:start + batch_size].to(device))
         if iw_samples > 0:
-            totals["nll_iw"] -= float(model.log_likelihood(x, iw_samples, generator=gen).double().sum())
+            nll_iw -= float(model.log_likelihood(x, iw_samples, generator=gen).double().sum())
         if pixel_pmf is not None:  # a code length for 8-bit pixels (K = 1: the ELBO's bound)
-            totals["nll_8bit"] -= float(model.log_likelihood(x, max(iw_samples, 1), generator=gen,
-                                                             log_prob=pixel_pmf).double().sum())
-        posterior_mean = model.encode(x).mean
-        errors.add(model, transform, posterior_mean, batch)
-        means.append(posterior_mean.double())
+            nll_8bit -= float(model.log_likelihood(x, max(iw_samples, 1), generator=gen,
+                                                   log_prob=pixel_pmf).double().sum())
     n = len(images)
-    result = {k: v / n for k, v in totals.items()}
-    if iw_samples <= 0:
-        result["nll_iw"] = None
-    mean = torch.cat(means)
-    result["active_units"] = active_units(mean)
-    result.update(errors.result())
+    result = measured.result()
+    del result["kl_per_dim"]
+    result["nll_iw"] = nll_iw / n if iw_samples > 0 else None
     result["data_space"] = data_space(model, transform)
     if transform.name == "binarize-dynamic":
         result["binarization"] = BINARIZATION_RULE
     result["iw_samples"] = iw_samples
     result["n_images"] = n
-    nll_8bit = result.pop("nll_8bit")
     if pixel_pmf is not None:
-        nll, method = nll_8bit, "bin-mass"
+        nll, method = nll_8bit / n, "bin-mass"
     else:
         nll, method = (result["nll_iw"] if result["nll_iw"] is not None else -result["elbo"]), "discrete"
     result["bits_per_dim"] = bits_per_dim(nll, model, transform, tuple(images.shape[1:]))

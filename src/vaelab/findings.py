@@ -340,7 +340,8 @@ def reproduce(name: str, out: str | Path, seeds: list[int], colour_data: str = "
               data_dir: str | None = None, threads: int = 0, iw_samples: int = 100, overwrite: bool = False,
               log=print) -> dict:
     """Run one finding over ``seeds``; return (and write to OUT) its criteria per seed."""
-    from .training.trainer import TrainingDiverged, train
+    from .training.nan_guard import TrainingDiverged
+    from .training.trainer import train
 
     if name not in FINDINGS:
         raise VaelabError(f"unknown finding {name!r}; choose one of: {', '.join(FINDINGS)}")

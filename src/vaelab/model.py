@@ -112,13 +112,22 @@ class VAE(nn.Module):
         return log_w, -log_px
 
     @torch.no_grad()
-    def elbo_terms(self, x: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """Per-example ELBO, reconstruction (-log p(x|z), one sample) and analytic KL, (B,) each."""
+    def elbo_terms(self, x: torch.Tensor, generator: torch.Generator | None = None,
+                   at_mean: bool = False) -> dict[str, torch.Tensor]:
+        """Per-example ELBO, reconstruction (-log p(x|z), one sample) and analytic KL, (B,)
+        each; the KL per latent dimension and the posterior means and standard deviations,
+        (B, L); with ``at_mean`` also the decoder's parameters at the posterior mean
+        ("params_at_mean": what reconstructions show)."""
         q = self.encode(x)
         params = self.decode(q.rsample(generator))
         recon = -self.likelihood.log_prob(params, x)
-        kl = q.kl_per_dim().sum(-1)
-        return {"elbo": -(recon + kl), "recon": recon, "kl": kl}
+        kl_per_dim = q.kl_per_dim()
+        kl = kl_per_dim.sum(-1)
+        terms = {"elbo": -(recon + kl), "recon": recon, "kl": kl, "kl_per_dim": kl_per_dim,
+                 "means": q.mean, "stds": q.std}
+        if at_mean:
+            terms["params_at_mean"] = self.decode(q.mean)
+        return terms
 
     @torch.no_grad()
     def log_likelihood(self, x: torch.Tensor, k: int, chunk: int = 0,

@@ -120,3 +120,27 @@ def unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
             g["betas"] = tuple(g["betas"])
         groups.append(g)
     return {"state": state, "param_groups": groups}
+
+
+# -- the model's weights inside a checkpoint or model.safetensors ------------------------------
+
+MODEL_PREFIX = "model."
+
+
+def model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state_dict under the ``model.`` prefix, beside optimizer, RNG and transform state."""
+    return {MODEL_PREFIX + k: v for k, v in model.state_dict().items()}
+
+
+def model_state(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The model's state_dict out of a checkpoint's or model.safetensors' tensors."""
+    return {k[len(MODEL_PREFIX):]: v for k, v in tensors.items() if k.startswith(MODEL_PREFIX)}
+
+
+def saved_transform(tensors: dict[str, torch.Tensor]):
+    """The fitted PCA saved beside the weights, or None (the other transforms have no state)."""
+    if "pca.components" not in tensors:
+        return None
+    from ..pca import PCATransform
+
+    return PCATransform.from_state(tensors)

@@ -15,9 +15,8 @@ from ..errors import VaelabError
 from ..evaluate import evaluate_model
 from ..images import decode_images
 from ..model import VAE
-from ..pca import PCATransform
 from ..prepared_data import eval_images
-from .checkpoint import load_tensors
+from .checkpoint import load_tensors, model_state, saved_transform
 from ..transforms import make_transform
 
 
@@ -172,16 +171,13 @@ def load_run(path: str | Path, device: str = "cpu", which: str = "final", data_d
     weights = _weights_path(path, which)
     tensors, _ = load_tensors(weights)
     model = VAE(config.model, tuple(description["event_shape"]))
-    state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     try:
-        model.load_state_dict(state)
+        model.load_state_dict(model_state(tensors))
     except RuntimeError as exc:
         detail = " ".join(line.strip() for line in str(exc).splitlines()[1:3])[:300]
         raise VaelabError(f"{weights} does not match the model in {rundir.CONFIG} ({detail}); was "
                           f"{rundir.CONFIG} edited? restore it, or retrain") from None
     model.to(device).eval()
-    if "pca.components" in tensors:
-        transform = PCATransform.from_state(tensors).to(device)
-    else:
-        transform = make_transform(config.data.transform)
+    transform = saved_transform(tensors)
+    transform = transform.to(device) if transform is not None else make_transform(config.data.transform)
     return Run(path, config, description, model, transform, weights)

@@ -27,17 +27,15 @@ from ..data.store import MappedImages
 from ..diagnostics import collapse_warning, latent_spread, psnr
 from ..devices import resolve_device
 from ..errors import VaelabError
-from ..evaluate import ReconstructionError, active_units
+from ..evaluate import ElboPass
 from ..model import VAE
+from ..objective import training_loss
 from ..prepared_data import PreparedData, prepare_data
 from ..rundir import checkpoint as ckpt
+from .nan_guard import NanGuard, RolledBack
 from .schedules import EarlyStopping, KLSchedule, load_lr_state, make_lr_scheduler
 
 VAL_NOISE_SEED = 1234  # validation uses its own generator: it never moves training's RNG
-
-
-class TrainingDiverged(VaelabError):
-    """The loss or a gradient became non-finite and the NaN policy is 'raise'."""
 
 
 class Stopped(KeyboardInterrupt):
@@ -47,13 +45,6 @@ class Stopped(KeyboardInterrupt):
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
         self.signum = int(signum)
-
-
-class _RolledBack(Exception):
-    """The rollback policy restored the last good state: the epoch starts again."""
-
-
-MAX_ROLLBACKS = 10  # consecutive rollbacks (the lr halved each time) before giving up
 
 
 def make_optimizer(model: torch.nn.Module, t, device: torch.device) -> torch.optim.Optimizer:
@@ -84,14 +75,14 @@ class Trainer:
         self._config_changed = False  # a resume changed settings: saved with its first checkpoint
 
     # -- logging -------------------------------------------------------------------------
-    def _log_file_only(self, message: str) -> None:
+    def log_file_only(self, message: str) -> None:
         if self.is_main:
             with open(self.out / rundir.LOG, "a") as f:
                 f.write(f"[{time.strftime('%H:%M:%S')}] {message}\n")
 
     def log(self, message: str) -> None:
         """To train.log, and to the terminal when progress is shown (warnings always)."""
-        self._log_file_only(message)
+        self.log_file_only(message)
         if self.is_main and (self.progress or message.startswith("WARNING")):
             print(f"[{time.strftime('%H:%M:%S')}] {message}", file=self._log_stream, flush=True)
 
@@ -123,12 +114,9 @@ class Trainer:
             self.model.decoder.compile()
         self.parallel = distributed.DataParallel(self.model, self.dist, self.device) if self.dist else None
         self.optimizer = make_optimizer(self.model, t, self.device)
-        # the NaN guard checks every step on CPU (free there); on CUDA a per-step check would
-        # stall the GPU, so flags accumulate on the device and are read every N steps, while
-        # the fused optimizer skips a non-finite step by itself (found_inf)
-        self.check_every = t.nan_check_every or (50 if self.device.type == "cuda" else 1)
-        if not self.optimizer.defaults.get("fused"):
-            self.check_every = 1
+        # every step on CPU; on CUDA every 50, unless the optimizer cannot skip a step itself
+        check_every = t.nan_check_every or (50 if self.device.type == "cuda" else 1)
+        self.guard = NanGuard(self, check_every if self.optimizer.defaults.get("fused") else 1)
         self._autocast = ((lambda: torch.autocast(self.device.type, dtype=torch.bfloat16))
                           if t.autocast == "bf16" else contextlib.nullcontext)
         self.scheduler = make_lr_scheduler(self.optimizer, t)
@@ -154,7 +142,7 @@ class Trainer:
 
     # -- checkpoint state ----------------------------------------------------------------
     def _state(self, partial: dict | None = None) -> tuple[dict, dict]:
-        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        tensors = ckpt.model_tensors(self.model)
         opt_tensors, opt_meta = ckpt.flatten_optimizer(self.optimizer.state_dict())
         tensors.update(opt_tensors)
         tensors["rng.global"] = torch.get_rng_state()
@@ -179,9 +167,8 @@ class Trainer:
         tensors, meta = self._state()
         return {k: v.detach().clone() for k, v in tensors.items()}, json.loads(json.dumps(meta))
 
-    def _load_state(self, tensors: dict, meta: dict) -> None:
-        model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-        self.model.load_state_dict(model_state)
+    def load_state(self, tensors: dict, meta: dict) -> None:
+        self.model.load_state_dict(ckpt.model_state(tensors))
         self.optimizer.load_state_dict(ckpt.unflatten_optimizer(tensors, meta["optimizer"]))
         if self.scheduler and meta.get("scheduler"):
             load_lr_state(self.scheduler, meta["scheduler"])
@@ -213,7 +200,7 @@ class Trainer:
         if not self._size_logged:  # what each checkpoint costs on disk
             self._size_logged = True
             keep = self.config.train.keep_checkpoints
-            self._log_file_only(f"checkpoints are {path.stat().st_size / 2**20:.1f} MiB each (weights, optimizer "
+            self.log_file_only(f"checkpoints are {path.stat().st_size / 2**20:.1f} MiB each (weights, optimizer "
                                 f"state, RNG); the newest {keep} and best.safetensors are kept "
                                 f"(train.keep_checkpoints)")
         for old in rundir.checkpoint_paths(self.out)[self.config.train.keep_checkpoints:]:
@@ -240,7 +227,7 @@ class Trainer:
                              f"renamed to {rundir.set_aside(path).name}")
                 continue
             try:
-                self._load_state(tensors, meta)
+                self.load_state(tensors, meta)
             except (RuntimeError, KeyError, ValueError) as exc:
                 raise VaelabError(f"{path} does not match this run's config ({str(exc).splitlines()[0]}); "
                                   f"resume with the config the run was started with") from None
@@ -353,7 +340,7 @@ class Trainer:
             start = time.perf_counter()
             try:
                 row = self._train_epoch()
-            except _RolledBack:  # the last good state is back, at a lower lr: redo the epoch
+            except RolledBack:  # the last good state is back, at a lower lr: redo the epoch
                 continue
             if row is None:  # interrupted mid-epoch: save where the epoch stands, then stop
                 path = self.save_checkpoint(partial=self._partial)
@@ -402,84 +389,61 @@ class Trainer:
                 raise Stopped(self.stop_signal)
 
     def _train_epoch(self) -> dict | None:
-        t = self.config.train
-        model, opt, transform = self.model, self.optimizer, self.data.transform
-        model.train()
-        n = len(self.train_images)
+        """One epoch (or the rest of an interrupted one): batch, step, guard, sums. None when a
+        signal stopped it; where it stood is then in self._partial."""
+        t, opt, guard = self.config.train, self.optimizer, self.guard
+        self.model.train()
         first, partial, self._partial = 0, self._partial, None
         if partial is not None:  # resuming mid-epoch: the same order, sums and RNG as before
             order, sums, first = partial["order"], partial["sums"].clone(), partial["step"]
             seen, grad_norm_max = partial["seen"], partial["grad_norm_max"]
         else:
-            order = torch.randperm(n, generator=self.data_gen, device=self.device)
-            sums = torch.zeros(3, device=self.device, dtype=torch.float64)
-            seen = 0
-            grad_norm_max = 0.0
+            order = torch.randperm(len(self.train_images), generator=self.data_gen, device=self.device)
+            sums = torch.zeros(3, device=self.device, dtype=torch.float64)  # loss, recon, KL times images
+            seen, grad_norm_max = 0, 0.0
         if partial is not None and not self.is_main:  # the sums so far count once, on rank 0
             sums.zero_()
             seen = 0
-        bar = None
-        if self.progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{t.epochs}",
-                       leave=False, dynamic_ncols=True, mininterval=0.5, file=self._log_stream,
-                       disable=None)  # no bar when the output is not a terminal
-        params = [p for p in model.parameters()]
+        bar = self._progress_bar()
+        params = list(self.model.parameters())
         # host-side data (a store, or images the device had no room for) is gathered on the
         # host: its indices go there once an epoch, not once a step (a sync on CUDA)
         batch_order = order if isinstance(self.train_images, torch.Tensor) else order.cpu()
-        deferred = self.check_every > 1
-        if deferred:  # device-side tallies of non-finite steps, the images they held, the norm maximum
-            flags = torch.zeros(2, device=self.device, dtype=torch.int64)
-            norm_max = torch.zeros((), device=self.device)
+        guard.start_epoch(self.device)
+        x = beta = None
         for step in range(first, self.steps_per_epoch):
-            if deferred and step > first and (step % self.check_every == 0 or
-                                              (self.stop_requested and self.dist is None)):
-                seen, grad_norm_max = self._settle(flags, norm_max, seen, grad_norm_max, x, beta)
-            if self.stop_requested and self.dist is None:  # several processes stop together, after the epoch
+            stopping = bool(self.stop_requested) and self.dist is None  # several processes stop together, after the epoch
+            if guard.due(step, first, stopping):
+                seen, grad_norm_max = guard.settle(seen, grad_norm_max, x, beta)
+            if stopping:
                 self._partial = {"order": order, "step": step, "sums": sums, "seen": seen,
                                  "grad_norm_max": grad_norm_max}
                 if bar:
                     bar.close()
                 return None
-            idx = batch_order[step * t.batch_size:(step + 1) * t.batch_size]
-            x = transform(self.train_images[idx].to(self.device), generator=self.data_gen)
-            if self.channels_last and x.dim() == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
-            beta = self.kl_schedule.beta_at(self.epoch + step / self.steps_per_epoch)
+            x, beta = self._batch(batch_order, step)
             with self._autocast():
                 if self.parallel is not None:  # this rank's shard of the global batch, through DDP
                     x, out, objective = self.parallel.loss(x, beta, t)
-                elif t.objective == "iwae":
-                    out = model.iwae_loss(x, t.iw_samples)
                 else:
-                    out = model.loss(x, beta=beta, free_bits=t.free_bits)
+                    out = training_loss(self.model, x, beta, t)
+                    objective = out.loss
             opt.zero_grad(set_to_none=True)
-            # with DDP every rank must run backward; a non-finite loss shows in the all-reduced gradient
-            if not deferred and self.parallel is None and not torch.isfinite(out.loss):
-                if self._non_finite("loss", x, beta):
-                    continue
-            (objective if self.parallel is not None else out.loss).backward()
+            if not guard.loss_ok(out, x, beta, self.parallel is not None):
+                continue
+            objective.backward()
             if t.grad_clip > 0:
                 norm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
             else:
                 norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-            if deferred:  # no host sync: the fused optimizer skips a non-finite step on the device
-                ok = torch.isfinite(out.loss.detach()) & torch.isfinite(norm)
-                bad = (~ok).long()
-                opt.found_inf = bad.float()
-                flags += torch.stack([bad, bad * x.shape[0]])
-            elif not torch.isfinite(norm):
-                if self._non_finite("gradient", x, beta):
-                    continue
+            ok = guard.gradient_ok(out, norm, x, beta, opt)
+            if ok is False:
+                continue
             opt.step()
-            size = x.shape[0]
-            seen += size
-            step_sums = torch.stack([out.loss.detach(), out.recon, out.kl]).double() * size
-            if deferred:
+            seen += x.shape[0]
+            step_sums = torch.stack([out.loss.detach(), out.recon, out.kl]).double() * x.shape[0]
+            if guard.deferred:  # no host sync: a skipped step adds nothing
                 sums += torch.where(ok, step_sums, 0.0)
-                norm_max = torch.maximum(norm_max, torch.where(ok, norm.detach(), 0.0))
             else:
                 sums += step_sums
                 grad_norm_max = max(grad_norm_max, float(norm))
@@ -492,8 +456,30 @@ class Trainer:
                     bar.set_postfix(loss=f"{loss:.2f}", recon=f"{recon:.2f}", kl=f"{kl:.2f}", refresh=False)
         if bar is not None:
             bar.close()
-        if deferred and self.steps_per_epoch > first:
-            seen, grad_norm_max = self._settle(flags, norm_max, seen, grad_norm_max, x, beta)
+        if guard.deferred and self.steps_per_epoch > first:
+            seen, grad_norm_max = guard.settle(seen, grad_norm_max, x, beta)
+        return self._epoch_row(sums, seen, grad_norm_max, partial)
+
+    def _progress_bar(self):
+        if not self.progress:
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{self.config.train.epochs}",
+                    leave=False, dynamic_ncols=True, mininterval=0.5, file=self._log_stream,
+                    disable=None)  # no bar when the output is not a terminal
+
+    def _batch(self, batch_order: torch.Tensor, step: int) -> tuple[torch.Tensor, float]:
+        """The model's input for this step (drawn through the transform) and the KL weight."""
+        size = self.config.train.batch_size
+        idx = batch_order[step * size:(step + 1) * size]
+        x = self.data.transform(self.train_images[idx].to(self.device), generator=self.data_gen)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, self.kl_schedule.beta_at(self.epoch + step / self.steps_per_epoch)
+
+    def _epoch_row(self, sums: torch.Tensor, seen: int, grad_norm_max: float, partial: dict | None) -> dict:
+        """The epoch's training numbers, over every rank's share of it."""
         if self.dist is not None:  # every rank's share of the epoch, and whether any rank was told to stop
             total = torch.cat([sums, torch.tensor([seen, bool(self.stop_requested)], dtype=sums.dtype,
                                                   device=sums.device)])
@@ -507,109 +493,25 @@ class Trainer:
         resumed = partial["seen"] if partial is not None and self.is_main else 0
         return {"train_loss": loss, "train_recon": recon, "train_kl": kl,
                 "beta": self.kl_schedule.beta_at(self.epoch + 1 - 1e-9),
-                "lr": opt.param_groups[0]["lr"], "grad_norm_max": grad_norm_max,
+                "lr": self.optimizer.param_groups[0]["lr"], "grad_norm_max": grad_norm_max,
                 "skipped_steps": self.skipped_steps, "nan_events": self.nan_events,
                 "_images": seen - resumed}
-
-    # -- the NaN guard ---------------------------------------------------------------------
-    def _settle(self, flags, norm_max, seen: int, grad_norm_max: float, x, beta: float) -> tuple[int, float]:
-        """Read the device-side tallies (one host sync) and apply the NaN policy to what they hold."""
-        bad_steps, bad_images = flags.tolist()
-        grad_norm_max = max(grad_norm_max, float(norm_max))
-        if bad_steps:
-            flags.zero_()
-            seen -= bad_images
-            # the optimizer already skipped those steps; the policy now says what happens next
-            self._non_finite(f"loss or gradient in {bad_steps} of the last {self.check_every} steps", x, beta,
-                             count=bad_steps)
-        return seen, grad_norm_max
-
-    def _non_finite(self, what: str, x: torch.Tensor, beta: float, count: int = 1) -> bool:
-        """Handle ``count`` non-finite losses or gradients; True means 'skip this batch and go on'."""
-        policy = self.config.train.nan_policy
-        self.nan_events += count
-        diagnosis = self.diagnose(x, beta)
-        self.optimizer.zero_grad(set_to_none=True)
-        if policy == "skip":
-            self.skipped_steps += count
-            self.log(f"WARNING: non-finite {what} in epoch {self.epoch + 1}; batch skipped ({diagnosis})")
-            return True
-        if policy == "rollback" and self.good_state is not None and self.rollbacks < MAX_ROLLBACKS:
-            lr, events = self.optimizer.param_groups[0]["lr"], self.nan_events
-            tensors, meta = self.good_state
-            self._load_state(tensors, meta)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr * 0.5
-            self.rollbacks += 1
-            self.nan_events = events  # the restored state predates these events; keep the count
-            self.log(f"WARNING: non-finite {what}; rolled back to the state after epoch {self.epoch} and "
-                     f"halved the learning rate to {lr * 0.5:.3g} ({diagnosis})")
-            raise _RolledBack
-        kept = rundir.checkpoint_paths(self.out)
-        kept = f"the last good checkpoint {kept[0].name} is kept" if kept else "no checkpoint was written yet"
-        if policy == "rollback":
-            kept = f"{MAX_ROLLBACKS} rollbacks did not help; {kept}"
-        error = TrainingDiverged(
-            f"non-finite {what} in epoch {self.epoch + 1} ({diagnosis}); {kept}. "
-            f"Usual fixes: a lower train.lr, train.grad_clip, a variance floor "
-            f"(model.variance=relu or softplus with model.variance_eps > 0), or train.nan_policy=skip")
-        self._log_file_only(f"STOPPED: {error}")  # the run directory records why it stopped
-        raise error
-
-    @torch.no_grad()
-    def diagnose(self, x: torch.Tensor, beta: float) -> str:
-        """Which term went non-finite, the smallest decoder variance, the learning rate."""
-        model = self.model
-        parts = [f"lr {self.optimizer.param_groups[0]['lr']:.3g}"]
-        bad_weights = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
-        if bad_weights:
-            parts.append(f"non-finite weights in {bad_weights[0]}")
-        q = model.encode(x)
-        if not (torch.isfinite(q.mean).all() and torch.isfinite(q.logvar).all()):
-            parts.append("encoder output non-finite")
-        params = model.decode(q.mean)
-        variance = model.likelihood.variance(params)
-        if variance is not None:
-            parts.append(f"smallest decoder variance {float(variance.min()):.3g}")
-        recon = -model.likelihood.log_prob(params, x)
-        kl = q.kl_per_dim().sum(-1)
-        terms = [name for name, v in (("reconstruction", recon), ("KL", kl)) if not torch.isfinite(v).all()]
-        parts.insert(0, "non-finite term: " + (", ".join(terms) if terms else "none at the posterior mean (gradient overflow)"))
-        return "; ".join(parts)
 
     # -- validation ------------------------------------------------------------------------
     @torch.no_grad()
     def _validate(self) -> dict:
         if len(self.val_images) == 0:
             return {"val_elbo": float("nan")}
-        model, transform = self.model, self.data.transform
-        model.eval()
+        self.model.eval()
         gen = torch.Generator(device=self.device).manual_seed(VAL_NOISE_SEED)
-        totals = {"elbo": 0.0, "recon": 0.0, "kl": 0.0}
-        means, stds, kl_dims = [], [], torch.zeros(model.latent_dim, device=self.device, dtype=torch.float64)
-        errors = ReconstructionError()
-        batch = 1000
-        for start in range(0, len(self.val_images), batch):
-            images = self.val_images[start:start + batch].to(self.device)
-            x = transform.fixed(images)
-            q = model.encode(x)
-            errors.add(model, transform, q.mean, images)
-            params = model.decode(q.rsample(gen))
-            recon = -model.likelihood.log_prob(params, x)
-            kl = q.kl_per_dim()
-            totals["elbo"] += float((-(recon + kl.sum(-1))).sum())
-            totals["recon"] += float(recon.sum())
-            totals["kl"] += float(kl.sum())
-            kl_dims += kl.sum(0).double()
-            means.append(q.mean)
-            stds.append(q.std)
-        n = len(self.val_images)
-        mean, std = torch.cat(means), torch.cat(stds)
-        active = active_units(mean)
-        row = {f"val_{k}": v / n for k, v in totals.items()}
-        row.update(active_units=active, kl_per_dim=(kl_dims / n).tolist(),
-                   **{f"val_{k}": v for k, v in errors.result().items()})
+        measured = ElboPass(self.model, self.data.transform, gen)
+        for start in range(0, len(self.val_images), 1000):
+            measured.add(self.val_images[start:start + 1000].to(self.device))
+        result = measured.result()
+        row = {f"val_{k}": result.pop(k) for k in ("elbo", "recon", "kl", "recon_mse", "mean_image_mse")}
+        row.update(result)  # active_units, kl_per_dim
         if self.config.train.log_latent_stats:
+            mean, std = measured.posteriors()
             row.update(latent_spread(mean[:256], std[:256]))
         return row
 
@@ -651,7 +553,7 @@ class Trainer:
     def _save_final(self) -> None:
         if not self.is_main:
             return
-        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        tensors = ckpt.model_tensors(self.model)
         tensors.update(self.data.transform.state())
         ckpt.save_tensors(self.out / rundir.WEIGHTS, tensors, {"epoch": self.epoch, "vaelab": __version__})
         self.log(f"done: {self.epoch} epochs; weights in {self.out / rundir.WEIGHTS}")
@@ -679,13 +581,12 @@ def _finite_or_null(row: dict) -> dict:
 
 
 def _saved_transform(run_dir: Path):
-    from ..pca import PCATransform
-
+    """The PCA a run fitted, from its weights or a checkpoint: a resume goes on with it."""
     for path in [run_dir / rundir.WEIGHTS, *rundir.checkpoint_paths(run_dir)]:
         if path.exists():
-            tensors, _ = ckpt.load_tensors(path)
-            if "pca.components" in tensors:
-                return PCATransform.from_state(tensors)
+            transform = ckpt.saved_transform(ckpt.load_tensors(path)[0])
+            if transform is not None:
+                return transform
     raise VaelabError(f"{run_dir} has no saved PCA to resume with")
 
 
