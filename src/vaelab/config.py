@@ -206,11 +206,6 @@ class Config:
             for v in getattr(m, name) or []:
                 _at_least(f"model.{name} entries", v, 1)
         _range("model.dropout", m.dropout, 0.0, 0.99)
-        if m.sigma <= 0 or not math.isfinite(m.sigma):
-            raise VaelabError(f"model.sigma must be a positive number, got {m.sigma}")
-        _at_least("model.variance_eps", m.variance_eps, 0.0)
-        _at_least("model.variance_l2", m.variance_l2, 0.0)
-        _at_least("model.n_mixtures", m.n_mixtures, 1)
         if d.transform == "pca" and (m.encoder == "conv" or m.decoder == "conv"):
             raise VaelabError("data.transform=pca gives vectors, not images: use model.encoder=mlp and model.decoder=mlp")
         _at_least("train.epochs", t.epochs, 0)
@@ -262,13 +257,10 @@ class Config:
         _at_least("train.stats_every_steps", t.stats_every_steps, 0)
         if t.device not in ("auto", "cpu") and not t.device.startswith(("cuda", "mps")):
             raise VaelabError(f"train.device must be auto, cpu, cuda or cuda:N, got {t.device!r}")
-        # the likelihood module validates its own names and values
-        from .likelihoods import build_likelihood
+        # the likelihood module checks its own names and values
+        from .likelihoods import likelihood_from_config
 
-        build_likelihood(m.likelihood, (1,), variance=m.variance, sigma=m.sigma,
-                         variance_eps=m.variance_eps, logvar_init_bias=m.logvar_init_bias,
-                         variance_l2=m.variance_l2, sigmoid_mean=m.sigmoid_mean,
-                         n_mixtures=m.n_mixtures)
+        likelihood_from_config(m, (1,))
         if m.likelihood.startswith("discretized") and d.transform != "scale":
             raise VaelabError(f"model.likelihood={m.likelihood} models 8-bit pixels: use data.transform=scale")
         return self

@@ -507,7 +507,28 @@ def _gaussian_settings(settings: dict) -> SimpleNamespace:
     return SimpleNamespace(**bound.arguments)
 
 
-def build_likelihood(name: str, event_shape: tuple[int, ...], *, n_mixtures: int = 5, **gaussian) -> Likelihood:
+#: name -> the observation model's class (its constructor takes the event shape, then its own settings)
+_CLASSES = {
+    "bernoulli": Bernoulli,
+    "continuous-bernoulli": ContinuousBernoulli,
+    "gaussian": Gaussian,
+    "discretized-logistic": DiscretizedLogistic,
+    "discretized-logistic-mixture": DiscretizedLogisticMixture,
+}
+assert tuple(_CLASSES) == LIKELIHOODS
+
+#: the ModelConfig keys the observation models read, beside model.likelihood itself
+CONFIG_KEYS = ("variance", "sigma", "variance_eps", "logvar_init_bias", "variance_l2", "sigmoid_mean", "n_mixtures")
+
+
+def likelihood_from_config(model_config, event_shape: tuple[int, ...]) -> Likelihood:
+    """The observation model a ModelConfig describes; a bad setting is a VaelabError naming its key."""
+    settings = {key: getattr(model_config, key) for key in CONFIG_KEYS}
+    return build_likelihood(model_config.likelihood, event_shape, prefix="model.", **settings)
+
+
+def build_likelihood(name: str, event_shape: tuple[int, ...], *, n_mixtures: int = 5, prefix: str = "",
+                     **gaussian) -> Likelihood:
     """The observation model called ``name`` for examples of shape ``event_shape``.
 
     ``gaussian`` are :class:`Gaussian`'s keyword settings (variance, sigma, variance_eps,
@@ -518,22 +539,22 @@ def build_likelihood(name: str, event_shape: tuple[int, ...], *, n_mixtures: int
     would be silently ignored.
     """
     if name not in LIKELIHOODS:
-        raise VaelabError(f"unknown likelihood {name!r}; choose one of: {', '.join(LIKELIHOODS)}")
+        raise VaelabError(f"unknown {prefix}likelihood {name!r}; choose one of: {', '.join(LIKELIHOODS)}")
     g = _gaussian_settings(gaussian)
     if g.variance not in VARIANCES:
-        raise VaelabError(f"unknown variance {g.variance!r}; choose one of: {', '.join(VARIANCES)}")
+        raise VaelabError(f"unknown {prefix}variance {g.variance!r}; choose one of: {', '.join(VARIANCES)}")
     shape = _check_event_shape(event_shape)
     if not (_is_real(g.sigma) and math.isfinite(g.sigma) and g.sigma > 0):
-        raise VaelabError(f"sigma must be a finite number > 0, got {g.sigma!r}; e.g. sigma = 1.0")
+        raise VaelabError(f"{prefix}sigma must be a positive finite number, got {g.sigma!r}; e.g. {prefix}sigma=1.0")
     if not (_is_real(g.variance_eps) and math.isfinite(g.variance_eps) and g.variance_eps >= 0):
-        raise VaelabError(f"variance_eps must be a finite number >= 0, got {g.variance_eps!r}; "
-                          f"e.g. variance_eps = 1e-4")
+        raise VaelabError(f"{prefix}variance_eps must be a finite number >= 0, got {g.variance_eps!r}; "
+                          f"e.g. {prefix}variance_eps=1e-4")
     if not (_is_real(g.variance_l2) and math.isfinite(g.variance_l2) and g.variance_l2 >= 0):
-        raise VaelabError(f"variance_l2 must be a finite number >= 0, got {g.variance_l2!r}; use 0 to turn it off")
+        raise VaelabError(f"{prefix}variance_l2 must be a finite number >= 0, got {g.variance_l2!r}; use 0 to turn it off")
     if not (_is_real(g.logvar_init_bias) and math.isfinite(g.logvar_init_bias)):
-        raise VaelabError(f"logvar_init_bias must be a finite number, got {g.logvar_init_bias!r}; e.g. 0.0")
+        raise VaelabError(f"{prefix}logvar_init_bias must be a finite number, got {g.logvar_init_bias!r}; e.g. 0.0")
     if isinstance(n_mixtures, bool) or not isinstance(n_mixtures, numbers.Integral) or n_mixtures < 1:
-        raise VaelabError(f"n_mixtures must be an integer >= 1, got {n_mixtures!r}; e.g. n_mixtures = 5")
+        raise VaelabError(f"{prefix}n_mixtures must be an integer >= 1, got {n_mixtures!r}; e.g. {prefix}n_mixtures=5")
 
     if name != "gaussian":
         if g.variance != "fixed":
@@ -553,12 +574,8 @@ def build_likelihood(name: str, event_shape: tuple[int, ...], *, n_mixtures: int
             + ", ".join(v for v in VARIANCES if v != "fixed")
         )
 
-    if name == "bernoulli":
-        return Bernoulli(shape)
-    if name == "continuous-bernoulli":
-        return ContinuousBernoulli(shape)
     if name == "gaussian":
         return Gaussian(shape, **vars(g))  # Gaussian converts the numbers to float and bool itself
-    if name == "discretized-logistic":
-        return DiscretizedLogistic(shape)
-    return DiscretizedLogisticMixture(shape, n_mixtures=int(n_mixtures))
+    if name == "discretized-logistic-mixture":
+        return DiscretizedLogisticMixture(shape, n_mixtures=int(n_mixtures))
+    return _CLASSES[name](shape)

@@ -14,7 +14,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .latent.gaussian import Posterior, standard_normal_log_prob
-from .likelihoods import build_likelihood
+from .likelihoods import likelihood_from_config
 from .nn import build_decoder, build_encoder
 
 
@@ -39,15 +39,10 @@ class VAE(nn.Module):
         self.config = config
         self.event_shape = tuple(event_shape)
         self.latent_dim = config.latent_dim
-        m = config
-        self.likelihood = build_likelihood(
-            m.likelihood, self.event_shape, variance=m.variance, sigma=m.sigma,
-            variance_eps=m.variance_eps, logvar_init_bias=m.logvar_init_bias,
-            variance_l2=m.variance_l2, sigmoid_mean=m.sigmoid_mean, n_mixtures=m.n_mixtures)
-        self.encoder = build_encoder(m, self.event_shape)
-        self.posterior_head = nn.Linear(self.encoder.out_features, 2 * m.latent_dim)
-        init_bias = self.likelihood.init_bias() if hasattr(self.likelihood, "init_bias") else None
-        self.decoder = build_decoder(m, self.event_shape, self.likelihood.n_params, init_bias)
+        self.likelihood = likelihood_from_config(config, self.event_shape)
+        self.encoder = build_encoder(config, self.event_shape)
+        self.posterior_head = nn.Linear(self.encoder.out_features, 2 * config.latent_dim)
+        self.decoder = build_decoder(config, self.event_shape, self.likelihood.n_params, self.likelihood.init_bias())
 
     # -- the two halves -----------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> Posterior:
