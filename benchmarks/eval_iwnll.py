@@ -45,13 +45,11 @@ EVAL_BATCH = 500  # evaluate_model's batch_size here
 
 
 def fixed_inputs(transform, images: torch.Tensor, seed: int, batch_size: int = EVAL_BATCH) -> torch.Tensor:
-    """The model inputs evaluate_model(images, seed=seed, batch_size=batch_size) evaluates.
-
-    It binarizes batch i with ``transform.fixed(..., seed=seed + 1 + i)``; the references get
-    exactly these images.
-    """
-    return torch.cat([transform.fixed(images[start:start + batch_size], seed=seed + 1 + i)
-                      for i, start in enumerate(range(0, len(images), batch_size))])
+    """The model inputs evaluate_model evaluates: each image binarized from a hash of its own
+    pixels (transforms.image_keyed_bernoulli), whatever the seed and batch size; the
+    references get exactly these images."""
+    return torch.cat([transform.fixed(images[start:start + batch_size])
+                      for start in range(0, len(images), batch_size)])
 
 
 def pythae_samples(k: int, batch_size: int) -> int:

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .evaluate import ACTIVE_UNIT_THRESHOLD
+from .evaluate import active_dims
+from .latent.gaussian import Posterior
 
 #: nats per image: below this the whole code carries less than half a nat about x
 KL_NEAR_ZERO = 0.5
@@ -190,14 +191,17 @@ def decoder_z_sensitivity(model, transform, data_images: torch.Tensor, n: int = 
     return float(decoded.var(0).mean()) / data_var
 
 
-def latent_activity(means: torch.Tensor, stds: torch.Tensor) -> dict:
-    """Per-dimension KL (nats, averaged over images), Var_x of the posterior mean, activity."""
+def latent_activity(means: torch.Tensor, stds: torch.Tensor, kl_per_dim=None) -> dict:
+    """Per-dimension KL (nats, averaged over images), Var_x of the posterior mean, activity.
+
+    ``kl_per_dim`` is the model's own (evaluate.ElboPass: right for any prior); without it,
+    the KL against N(0, I) of the diagonal Gaussians given."""
     means, stds = means.double(), stds.double()
-    var = stds.pow(2)
-    kl = 0.5 * (means.pow(2) + var - 1.0 - var.log())
-    kl_per_dim = kl.mean(0)
+    if kl_per_dim is None:
+        kl_per_dim = Posterior(means, 2 * stds.log()).kl_per_dim().mean(0)
+    kl_per_dim = torch.as_tensor(kl_per_dim, dtype=torch.float64)
     var_of_means = means.var(0) if len(means) > 1 else torch.zeros(means.shape[1], dtype=torch.float64)
-    active = var_of_means > ACTIVE_UNIT_THRESHOLD
+    active = active_dims(means)
     return {"kl_per_dim": kl_per_dim.tolist(), "var_of_means": var_of_means.tolist(),
             "active": active.tolist(), "active_units": int(active.sum())}
 

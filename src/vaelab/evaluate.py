@@ -20,9 +20,17 @@ from .transforms import Transform
 ACTIVE_UNIT_THRESHOLD = 0.01
 
 
+def active_dims(means: torch.Tensor) -> torch.Tensor:
+    """Which latent dimensions are active: their posterior mean varies over the images,
+    Cov_x(E_q[z]) > 0.01 (Burda et al. 2016), (L,) bool."""
+    if len(means) < 2:
+        return torch.zeros(means.shape[1], dtype=torch.bool, device=means.device)
+    return means.var(0) > ACTIVE_UNIT_THRESHOLD
+
+
 def active_units(means: torch.Tensor) -> int:
-    """Latent dimensions whose posterior mean varies over the images: Cov_x(E_q[z]) > 0.01."""
-    return int((means.var(0) > ACTIVE_UNIT_THRESHOLD).sum()) if len(means) > 1 else 0
+    """How many latent dimensions are active (active_dims)."""
+    return int(active_dims(means).sum())
 
 
 #: how evaluated images are binarized, said in eval's output (transforms.image_keyed_bernoulli)
@@ -36,9 +44,8 @@ def _keep_freed_memory() -> None:
 
     The IW-NLL loop allocates and frees the same few chunk-sized tensors (<= 16 MB) for
     every chunk of samples; by default glibc hands them back to the kernel and every page
-    is faulted in again next time, which took a quarter to a third of the evaluation time
-    (measured: 2.61 s -> 1.72 s, 330k -> 6k page faults). Memory stays bounded by the
-    chunk size; elsewhere (not glibc) this does nothing.
+    is faulted in again next time (what that cost is in BENCHMARKS.md, section 3). Memory
+    stays bounded by the chunk size; elsewhere (not glibc) this does nothing.
     """
     global _MALLOC_TUNED
     if _MALLOC_TUNED:

@@ -20,6 +20,7 @@ import torch
 from matplotlib.figure import Figure
 
 from .diagnostics import instability_episodes, latent_activity
+from .evaluate import ElboPass
 from .errors import VaelabError
 from .imagegrid import make_grid
 from .images import decode_images
@@ -88,8 +89,12 @@ def encode_latents(run, split: str | None = None, limit: int = 10000) -> Latents
     split = split or figure_split(run)
     images, labels = run.images(split)
     images, labels = images[:limit], labels[:limit]
-    means, stds = run.encode(images)
-    activity = latent_activity(means, stds)
+    run.model.eval()
+    measured = ElboPass(run.model, run.transform, torch.Generator(device=run.device).manual_seed(0))
+    for start in range(0, len(images), 1000):
+        measured.add(images[start:start + 1000].to(run.device))
+    means, stds = (t.cpu() for t in measured.posteriors())
+    activity = latent_activity(means, stds, measured.result()["kl_per_dim"])
     return Latents(means.numpy(), stds.numpy(), labels.numpy(), np.array(activity["kl_per_dim"]),
                    np.array(activity["var_of_means"]), np.array(activity["active"], dtype=bool), split)
 
