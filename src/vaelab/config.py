@@ -19,6 +19,7 @@ from .errors import VaelabError
 
 TRANSFORMS = ("binarize-dynamic", "binarize-static", "scale", "pca")
 NETWORKS = ("mlp", "conv")
+FAMILIES = ("vae", "ladder")  # families.FAMILIES builds each
 KL_SCHEDULES = ("constant", "linear", "cyclical", "ae-then-anneal")
 OBJECTIVES = ("elbo", "iwae")
 LR_SCHEDULES = ("constant", "cosine", "step", "plateau")
@@ -77,6 +78,13 @@ class ModelConfig:
     variance_l2: float = 0.0
     sigmoid_mean: bool = False
     n_mixtures: int = 5
+    family: str = "vae"  # vae | ladder (a top-down hierarchy, Sønderby et al. 2016)
+    prior: str = "standard-normal"  # standard-normal | mog (learned mixture) | vamp (Tomczak & Welling 2018)
+    prior_components: int = 500  # mog: mixture components; vamp: pseudo-inputs
+    flow_steps: int = 0  # inverse autoregressive flow steps on the posterior (Kingma et al. 2016; 0: none)
+    flow_hidden: list[int] = field(default_factory=lambda: [320, 320])  # each IAF step's MADE widths
+    ladder_dims: list[int] = field(default_factory=lambda: [64])  # ladder: the lower layers' sizes, bottom first
+    ladder_depth: int = 2  # ladder: hidden layers per deterministic block
 
 
 @dataclass
@@ -126,6 +134,37 @@ class Config:
     preset: str | None = None  # the preset this config started from, for the record
 
     # -- conversion ---------------------------------------------------------------------
+    def _validate_family(self) -> None:
+        """The model family, its prior, flow and layers (model.family, model.prior, ...)."""
+        from .latent.priors import PRIORS
+
+        m = self.model
+        _choice("model.family", m.family, FAMILIES)
+        _choice("model.prior", m.prior, PRIORS)
+        _at_least("model.prior_components", m.prior_components, 1)
+        _at_least("model.flow_steps", m.flow_steps, 0)
+        if m.flow_steps and not m.flow_hidden:
+            raise VaelabError("model.flow_hidden must list at least one width for the IAF steps, e.g. [320, 320]")
+        for v in m.flow_hidden + m.ladder_dims:
+            _at_least("model.flow_hidden and model.ladder_dims entries", v, 1)
+        if m.prior == "vamp" and self.data.transform == "pca":
+            raise VaelabError("model.prior=vamp learns pseudo-inputs in image space [0, 1]: use data.transform=scale "
+                              "or a binarization, not pca")
+        if m.family != "ladder":
+            return
+        _at_least("model.ladder_depth", m.ladder_depth, 1)
+        if not m.ladder_dims:
+            raise VaelabError("model.family=ladder needs model.ladder_dims, the lower layers' sizes, e.g. [64]")
+        if m.prior != "standard-normal" or m.flow_steps:
+            raise VaelabError("model.family=ladder has an N(0, I) top prior and no flow: set model.prior=standard-normal "
+                              "and model.flow_steps=0")
+        if len(m.hidden) != len(m.ladder_dims) + 1:
+            raise VaelabError(f"model.family=ladder takes one model.hidden width per stochastic layer "
+                              f"({len(m.ladder_dims) + 1}), got {m.hidden}")
+        if m.encoder != m.decoder:
+            raise VaelabError("model.family=ladder uses one network kind for both directions: set model.encoder and "
+                              "model.decoder alike (mlp or conv)")
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -197,6 +236,7 @@ class Config:
         _at_least("model.latent_dim", m.latent_dim, 1)
         _choice("model.encoder", m.encoder, NETWORKS)
         _choice("model.decoder", m.decoder, NETWORKS)
+        self._validate_family()
         if m.variance_hidden is not None and (m.decoder != "mlp" or m.likelihood != "gaussian"
                                               or m.variance in ("fixed", "shared")):
             raise VaelabError("model.variance_hidden is a separate MLP stack for a per-image variance map: it needs "

@@ -172,6 +172,10 @@ class ElboPass:
         result = {k: v / n for k, v in self.totals.items()}
         result["kl_per_dim"] = (self.kl_per_dim / n).tolist() if self.kl_per_dim is not None else []
         result["active_units"] = active_units(torch.cat(self.means).double()) if self.means else 0
+        layers = getattr(self.model, "latent_dims", None)
+        if layers and len(layers) > 1 and self.means:  # a hierarchy: per layer too, bottom first
+            active = active_dims(torch.cat(self.means).double())
+            result["active_units_per_layer"] = [int(part.sum()) for part in active.split(layers)]
         result.update(self.errors.result())
         return result
 
@@ -210,6 +214,7 @@ def evaluate_model(model: VAE, transform: Transform, images: torch.Tensor, iw_sa
     del result["kl_per_dim"]
     result["nll_iw"] = nll_iw / n if iw_samples > 0 else None
     result["data_space"] = data_space(model, transform)
+    result["kl_method"] = getattr(model, "kl_method", "analytic")
     if transform.name == "binarize-dynamic":
         result["binarization"] = BINARIZATION_RULE
     result["iw_samples"] = iw_samples

@@ -93,8 +93,10 @@ def encode_latents(run, split: str | None = None, limit: int = 10000) -> Latents
     measured = ElboPass(run.model, run.transform, torch.Generator(device=run.device).manual_seed(0))
     for start in range(0, len(images), 1000):
         measured.add(images[start:start + 1000].to(run.device))
-    means, stds = (t.cpu() for t in measured.posteriors())
-    activity = latent_activity(means, stds, measured.result()["kl_per_dim"])
+    # figures show the code decode() takes: a hierarchy's top layer (its columns come last)
+    top = run.model.latent_dim
+    means, stds = (t[:, -top:].cpu() for t in measured.posteriors())
+    activity = latent_activity(means, stds, measured.result()["kl_per_dim"][-top:])
     return Latents(means.numpy(), stds.numpy(), labels.numpy(), np.array(activity["kl_per_dim"]),
                    np.array(activity["var_of_means"]), np.array(activity["active"], dtype=bool), split)
 

@@ -85,6 +85,8 @@ class LadderVAE(nn.Module):
     ``kernels``, ``strides`` and ``dense`` (as in :mod:`vaelab.nn.conv`) instead.
     """
 
+    kl_method = "analytic"  # each layer's KL is analytic, given the sample of the layer above
+
     def __init__(self, event_shape: tuple[int, ...], likelihood: Likelihood | str,
                  latent_dims: list[int], hidden: list[int], network: str = "mlp",
                  activation: str = "relu", batch_norm: bool = False, depth: int = 1,
@@ -277,15 +279,25 @@ class LadderVAE(nn.Module):
         return log_w.view(k, batch), -log_px.view(k, batch), kl.view(k, batch, -1)
 
     @torch.no_grad()
-    def elbo_terms(self, x: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    def elbo_terms(self, x: torch.Tensor, generator: torch.Generator | None = None,
+                   at_mean: bool = False) -> dict[str, torch.Tensor]:
         """Per-example ELBO, reconstruction (-log p(x|z_1), one sample) and KL summed over layers,
-        (B,) each, and "kl_per_dim" (B, noise_dim), bottom layer's columns first."""
+        (B,) each; "kl_per_dim", "means" and "stds" (B, noise_dim), bottom layer's columns
+        first, the posteriors at the posterior means of the layers above; with ``at_mean``
+        the decoder's parameters there ("params_at_mean")."""
         estimates = self._bottom_up(x)
         z, q, prior, _ = self._top_down(estimates, self._draw((x.shape[0],), generator, estimates[0][0]))
         recon = -self.likelihood.log_prob(self._params(z[0]), x)
         kl_per_dim = self._kl_per_dim(q, prior)
         kl = kl_per_dim.sum(-1)
-        return {"elbo": -(recon + kl), "recon": recon, "kl": kl, "kl_per_dim": kl_per_dim}
+        like = estimates[0][0]
+        z_mean, q_mean, _, _ = self._top_down(estimates, torch.zeros(x.shape[0], self.noise_dim, device=like.device,
+                                                                    dtype=like.dtype))
+        terms = {"elbo": -(recon + kl), "recon": recon, "kl": kl, "kl_per_dim": kl_per_dim,
+                 "means": torch.cat([p.mean for p in q_mean], -1), "stds": torch.cat([p.std for p in q_mean], -1)}
+        if at_mean:
+            terms["params_at_mean"] = self._params(z_mean[0])
+        return terms
 
     @torch.no_grad()
     def log_likelihood(self, x: torch.Tensor, k: int, chunk: int = 0,
@@ -335,3 +347,15 @@ class LadderVAE(nn.Module):
                else torch.zeros(x.shape[0], self.noise_dim, device=like.device, dtype=like.dtype))
         z = self._top_down(estimates, eps)[0]
         return self.likelihood.mean(self._params(z[0]))
+
+
+def ladder_from_config(config, event_shape: tuple[int, ...]) -> LadderVAE:
+    """A LadderVAE from a ModelConfig: model.ladder_dims (lower layers, bottom first) below
+    model.latent_dim (the top), model.hidden one width per layer, model.encoder the network."""
+    from ..likelihoods import likelihood_from_config
+
+    return LadderVAE(event_shape, likelihood_from_config(config, event_shape),
+                     latent_dims=[*config.ladder_dims, config.latent_dim], hidden=list(config.hidden),
+                     network=config.encoder, activation=config.activation, batch_norm=config.batch_norm,
+                     depth=config.ladder_depth, channels=config.conv_channels, kernels=config.conv_kernels,
+                     strides=config.conv_strides, dense=config.conv_dense)

@@ -14,14 +14,14 @@ from ..devices import resolve_device
 from ..errors import VaelabError
 from ..evaluate import evaluate_model
 from ..images import decode_images
-from ..model import VAE
+from ..families import build_model
 from ..prepared_data import eval_images
 from .checkpoint import load_tensors, model_state, saved_transform
 from ..transforms import make_transform
 
 
 class Run:
-    def __init__(self, path: Path, config: Config, description: dict, model: VAE, transform,
+    def __init__(self, path: Path, config: Config, description: dict, model: torch.nn.Module, transform,
                  weights: Path):
         self.path, self.config, self.description = path, config, description
         self.model, self.transform, self.weights = model, transform, weights
@@ -146,7 +146,8 @@ def check_description(path: Path, config: Config, description) -> None:
                               f"directory is damaged: restore {rundir.MODEL_JSON} or retrain")
     pairs = (("dataset", config.data.name), ("transform", config.data.transform),
              ("likelihood", config.model.likelihood), ("latent_dim", config.model.latent_dim),
-             ("encoder", config.model.encoder), ("decoder", config.model.decoder))
+             ("encoder", config.model.encoder), ("decoder", config.model.decoder),
+             ("family", config.model.family), ("prior", config.model.prior), ("flow_steps", config.model.flow_steps))
     for key, value in pairs:
         if key in description and description[key] != value:
             raise VaelabError(f"{where} says {key} {description[key]!r} but {rundir.CONFIG} says {value!r}: one of "
@@ -170,7 +171,7 @@ def load_run(path: str | Path, device: str = "cpu", which: str = "final", data_d
     check_description(path, config, description)
     weights = _weights_path(path, which)
     tensors, _ = load_tensors(weights)
-    model = VAE(config.model, tuple(description["event_shape"]))
+    model = build_model(config.model, tuple(description["event_shape"]))
     try:
         model.load_state_dict(model_state(tensors))
     except RuntimeError as exc:

@@ -28,7 +28,7 @@ from ..diagnostics import collapse_warning, latent_spread, psnr
 from ..devices import resolve_device
 from ..errors import VaelabError
 from ..evaluate import ElboPass
-from ..model import VAE
+from ..families import build_model
 from ..objective import training_loss
 from ..prepared_data import PreparedData, prepare_data
 from ..rundir import checkpoint as ckpt
@@ -104,14 +104,14 @@ class Trainer:
             self.data.transform.to(self.device)
         self.train_images = _resident(self.data.train, self.device, self.log)
         self.val_images = _resident(self.data.val, self.device, self.log)
-        self.model = VAE(cfg.model, self.data.event_shape).to(self.device)
+        self.model = build_model(cfg.model, self.data.event_shape).to(self.device)
         self.channels_last = t.channels_last == "on" or (
             t.channels_last == "auto" and "conv" in (cfg.model.encoder, cfg.model.decoder))
         if self.channels_last:  # NHWC: the layout oneDNN and cuDNN convolutions prefer
             self.model.to(memory_format=torch.channels_last)
         if t.compile:  # in place, so state_dict keys (checkpoints) stay as they are
-            self.model.encoder.compile()
-            self.model.decoder.compile()
+            for part in self.model.children():  # the networks (and a prior's, a flow's)
+                part.compile()
         self.parallel = distributed.DataParallel(self.model, self.dist, self.device) if self.dist else None
         self.optimizer = make_optimizer(self.model, t, self.device)
         # every step on CPU; on CUDA every 50, unless the optimizer cannot skip a step itself
@@ -544,7 +544,9 @@ class Trainer:
             "image_shape": list(self.data.image_shape), "event_shape": list(self.data.event_shape),
             "latent_dim": self.config.model.latent_dim, "likelihood": self.config.model.likelihood,
             "variance": self.config.model.variance, "encoder": self.config.model.encoder,
-            "decoder": self.config.model.decoder,
+            "decoder": self.config.model.decoder, "family": self.config.model.family,
+            "prior": self.config.model.prior, "flow_steps": self.config.model.flow_steps,
+            "kl_method": getattr(self.model, "kl_method", "analytic"),
             "parameters": sum(p.numel() for p in self.model.parameters()),
             "weights": rundir.WEIGHTS,
         }
