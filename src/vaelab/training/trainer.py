@@ -170,6 +170,7 @@ class Trainer:
     def load_state(self, tensors: dict, meta: dict) -> None:
         self.model.load_state_dict(ckpt.model_state(tensors))
         self.optimizer.load_state_dict(ckpt.unflatten_optimizer(tensors, meta["optimizer"]))
+        _match_state_layout(self.optimizer)
         if self.scheduler and meta.get("scheduler"):
             load_lr_state(self.scheduler, meta["scheduler"])
         torch.set_rng_state(tensors["rng.global"])
@@ -559,6 +560,20 @@ class Trainer:
         tensors.update(self.data.transform.state())
         ckpt.save_tensors(self.out / rundir.WEIGHTS, tensors, {"epoch": self.epoch, "vaelab": __version__})
         self.log(f"done: {self.epoch} epochs; weights in {self.out / rundir.WEIGHTS}")
+
+
+def _match_state_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give each restored optimizer state tensor its parameter's memory layout.
+
+    Checkpoints store tensors contiguous; a channels_last conv weight's Adam moments come
+    back in the standard layout. The fused Adam kernel walks parameter and state as flat
+    memory, so mismatched layouts would pair each weight with another one's moments.
+    """
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for key, value in optimizer.state.get(p, {}).items():
+                if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
+                    optimizer.state[p][key] = torch.empty_like(p).copy_(value)
 
 
 def _resident(images, device: torch.device, log=None):
