@@ -13,7 +13,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "vaelab"
 LAYERS = [
     # 0: no vaelab imports beyond errors
     ["version", "errors", "devices", "objective", "images", "rundir", "rundir.progress", "latent",
-     "latent.gaussian", "latent.flows", "nn.init", "data._text", "data.convert", "families"],
+     "latent.gaussian", "latent.flows", "nn.init", "data._text", "data.convert"],
     # 1: data sources, observation models, networks, distributions over z, image grids
     ["data", "transforms", "likelihoods", "nn", "imagegrid", "probes", "latent.priors"],
     # 2: the fitted transform and the typed config
@@ -21,7 +21,7 @@ LAYERS = [
     # 3: presets, the model, prepared data splits, checkpoints
     ["presets", "model", "prepared_data", "rundir.checkpoint"],
     # 4: model families and the metrics
-    ["families.ladder", "evaluate"],
+    ["families", "evaluate"],
     # 5: diagnoses and data-parallel plumbing
     ["diagnostics", "distributed"],
     # 6: a finished run, loaded from its directory
