@@ -32,6 +32,8 @@ VARIANTS = {
     "vae-iaf": ["model.flow_steps=2", "model.flow_hidden=[32]"],
     "vae-vamp-iaf": ["model.prior=vamp", "model.prior_components=10", "model.flow_steps=1", "model.flow_hidden=[32]"],
     "ladder-mlp": ["model.family=ladder", "model.ladder_dims=[8]", "model.hidden=[128,64]"],
+    "ladder-vamp": ["model.family=ladder", "model.ladder_dims=[8]", "model.hidden=[128,64]", "model.prior=vamp",
+                    "model.prior_components=10"],
     "ladder-conv": ["model.family=ladder", "model.ladder_dims=[8]", "model.hidden=[128,64]", "model.encoder=conv",
                     "model.decoder=conv", "model.conv_channels=[8,16]", "model.conv_dense=64"],
 }
@@ -188,7 +190,7 @@ def test_old_run_configs_load_as_the_plain_vae():
     (["model.prior_components=0"], "model.prior_components"),
     (["model.flow_steps=-1"], "model.flow_steps"),
     (["model.family=ladder", "model.hidden=[64]", "model.ladder_dims=[8]"], "one model.hidden width per"),
-    (["model.family=ladder", "model.hidden=[64,32]", "model.ladder_dims=[8]", "model.prior=vamp"], "top prior"),
+    (["model.family=ladder", "model.hidden=[64,32]", "model.ladder_dims=[8]", "model.flow_steps=1"], "no flow"),
     (["model.prior=vamp", "data.transform=pca", "data.name=svhn"], "pseudo-inputs"),
 ])
 def test_bad_family_settings_are_one_clear_error(overrides, fragment):

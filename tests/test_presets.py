@@ -17,6 +17,7 @@ import torch
 import vaelab
 from vaelab.config import Config
 from vaelab.model import VAE
+from vaelab.families import build_model
 from vaelab.presets import load_preset, preset_info, preset_names
 from vaelab.training.trainer import train
 
@@ -103,14 +104,17 @@ def test_preset_names_its_source_and_how_to_run_it_on_a_folder(name):
         assert FOLDER_OVERRIDE in info["description"]
 
 
-@pytest.mark.parametrize("name", EXPERIMENTS)
+FAMILY_PRESETS = ["mnist-vamp", "mnist-iaf", "mnist-hvae-vamp", "mnist-ladder", "svhn-ladder"]
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS + FAMILY_PRESETS)
 def test_full_size_network_trains_a_step_on_the_real_shape(name):
     """The preset's full-size network on its real data shape: one Adam step, finite, loss moves."""
     config = load_preset(name).validate()
     image_shape = (3, 32, 32) if name.startswith("svhn") else (1, 28, 28)
     event = (config.data.pca_components,) if config.data.transform == "pca" else image_shape
     torch.manual_seed(0)
-    model = VAE(config.model, event)
+    model = build_model(config.model, event)
     if config.data.transform == "pca":
         x = torch.randn(4, *event)
     elif config.data.transform.startswith("binarize"):

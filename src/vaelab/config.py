@@ -155,9 +155,8 @@ class Config:
         _at_least("model.ladder_depth", m.ladder_depth, 1)
         if not m.ladder_dims:
             raise VaelabError("model.family=ladder needs model.ladder_dims, the lower layers' sizes, e.g. [64]")
-        if m.prior != "standard-normal" or m.flow_steps:
-            raise VaelabError("model.family=ladder has an N(0, I) top prior and no flow: set model.prior=standard-normal "
-                              "and model.flow_steps=0")
+        if m.flow_steps:
+            raise VaelabError("model.family=ladder has no flow steps: set model.flow_steps=0")
         if len(m.hidden) != len(m.ladder_dims) + 1:
             raise VaelabError(f"model.family=ladder takes one model.hidden width per stochastic layer "
                               f"({len(m.ladder_dims) + 1}), got {m.hidden}")

@@ -37,7 +37,8 @@ import numbers
 import torch
 from torch import nn
 
-from vaelab.latent.gaussian import Posterior, diagonal_normal_log_prob, standard_normal_log_prob
+from vaelab.latent.gaussian import Posterior, diagonal_normal_log_prob
+from vaelab.latent.priors import Prior, StandardNormal, VampPrior, build_prior
 from vaelab.likelihoods import Likelihood, build_likelihood
 from vaelab.model import LossOutput
 from vaelab.nn.conv import ConvDecoder, ConvEncoder
@@ -91,7 +92,7 @@ class LadderVAE(nn.Module):
                  latent_dims: list[int], hidden: list[int], network: str = "mlp",
                  activation: str = "relu", batch_norm: bool = False, depth: int = 1,
                  channels: list[int] = (32, 64), kernels: list[int] = (4, 4),
-                 strides: list[int] = (2, 2), dense: int = 256):
+                 strides: list[int] = (2, 2), dense: int = 256, prior: Prior | None = None):
         super().__init__()
         self.event_shape = tuple(int(d) for d in event_shape)
         latent_dims, hidden = list(latent_dims), list(hidden)
@@ -117,6 +118,12 @@ class LadderVAE(nn.Module):
         self.latent_dim = latent_dims[-1]
         self.noise_dim = sum(latent_dims)
         self.network = network
+        # p(z_L): N(0, I) unless given (a VampPrior's components come through the bottom-up
+        # path, as the top layer's posterior is the bottom-up estimate alone)
+        self.prior = prior if prior is not None else StandardNormal(latent_dims[-1])
+        if isinstance(self.prior, VampPrior):
+            self.prior.bind(self.encode)
+        self.kl_method = "analytic" if self.prior.analytic_kl else "monte-carlo"
 
         def block(in_features: int, width: int) -> nn.Sequential:
             return mlp_layers(in_features, [width] * depth, activation, batch_norm, 0.0)[0]
@@ -194,6 +201,17 @@ class LadderVAE(nn.Module):
     def _kl_per_layer(self, kl_per_dim: torch.Tensor) -> torch.Tensor:
         return torch.stack([part.sum(-1) for part in kl_per_dim.split(self.latent_dims, dim=-1)], -1)
 
+    def _kl(self, z, q, prior) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(KL per example (N,), per layer (N, n_layers), per dimension (N, noise_dim)). The top
+        layer's KL against a prior without a closed form is the one-sample log q - log p; its
+        per-dimension columns are then the KL against N(0, I), an information measure only."""
+        kl_per_dim = self._kl_per_dim(q, prior)
+        per_layer = self._kl_per_layer(kl_per_dim)
+        if self.kl_method != "analytic":
+            top = q[-1].log_prob(z[-1]) - self.prior.log_prob(z[-1])
+            per_layer = torch.cat([per_layer[..., :-1], top.unsqueeze(-1)], -1)
+        return per_layer.sum(-1), per_layer, kl_per_dim
+
     def _draw(self, prefix: tuple[int, ...], generator, like: torch.Tensor) -> torch.Tensor:
         """Standard-normal draws for whole posterior samples, all layers in one call."""
         return torch.randn((*prefix, self.noise_dim), generator=generator, device=like.device,
@@ -234,12 +252,18 @@ class LadderVAE(nn.Module):
         z, q, prior, _ = self._top_down(estimates, eps)
         params = self._params(z[0])
         recon = -self.likelihood.log_prob(params, x).mean()
-        kl_per_dim = self._kl_per_dim(q, prior).mean(0)
-        kl = kl_per_dim.sum()
-        kl_term = kl_per_dim.clamp(min=free_bits).sum() if free_bits > 0 else kl
+        kl_each, per_layer, kl_per_dim = self._kl(z, q, prior)
+        kl_per_dim, per_layer, kl = kl_per_dim.mean(0), per_layer.mean(0), kl_each.mean()
+        if free_bits <= 0:
+            kl_term = kl
+        elif self.kl_method == "analytic":
+            kl_term = kl_per_dim.clamp(min=free_bits).sum()
+        else:  # the top layer's Monte Carlo KL has no parts per dimension: its floor is on its total
+            lower = kl_per_dim[:self.noise_dim - self.latent_dim].clamp(min=free_bits).sum()
+            kl_term = lower + per_layer[-1].clamp(min=free_bits * self.latent_dim)
         loss = recon + beta * kl_term + self.likelihood.penalty(params)
         return LossOutput(loss, recon.detach(), kl.detach(), kl_per_dim.detach(),
-                          (-(recon + kl)).detach(), self._kl_per_layer(kl_per_dim).detach())
+                          (-(recon + kl)).detach(), per_layer.detach())
 
     def iwae_loss(self, x: torch.Tensor, k: int, generator: torch.Generator | None = None,
                   noise: torch.Tensor | None = None) -> LossOutput:
@@ -269,7 +293,7 @@ class LadderVAE(nn.Module):
         params = self._params(z[0])
         x_rep = x.unsqueeze(0).expand(k, *x.shape).reshape(k * batch, *x.shape[1:])
         log_px = (log_prob or self.likelihood.log_prob)(params, x_rep)
-        log_w = log_px + standard_normal_log_prob(z[-1])
+        log_w = log_px + self.prior.log_prob(z[-1])
         for i in range(self.n_layers):
             if prior[i] is not None:
                 log_w = log_w + diagonal_normal_log_prob(z[i], *prior[i])
@@ -288,8 +312,7 @@ class LadderVAE(nn.Module):
         estimates = self._bottom_up(x)
         z, q, prior, _ = self._top_down(estimates, self._draw((x.shape[0],), generator, estimates[0][0]))
         recon = -self.likelihood.log_prob(self._params(z[0]), x)
-        kl_per_dim = self._kl_per_dim(q, prior)
-        kl = kl_per_dim.sum(-1)
+        kl, _, kl_per_dim = self._kl(z, q, prior)
         like = estimates[0][0]
         z_mean, q_mean, _, _ = self._top_down(estimates, torch.zeros(x.shape[0], self.noise_dim, device=like.device,
                                                                     dtype=like.dtype))
@@ -331,7 +354,7 @@ class LadderVAE(nn.Module):
         eps = torch.randn((n, self.noise_dim), generator=generator, device=device or like.device,
                           dtype=like.dtype)
         parts = eps.split(self.latent_dims, dim=-1)
-        z = parts[-1]
+        z = parts[-1] if isinstance(self.prior, StandardNormal) else self.prior.sample(n, generator, device=like.device)
         for i in reversed(range(self.n_layers - 1)):
             mean, logvar = self._prior(i, z)
             z = mean + torch.exp(0.5 * logvar) * parts[i]
@@ -358,4 +381,6 @@ def ladder_from_config(config, event_shape: tuple[int, ...]) -> LadderVAE:
                      latent_dims=[*config.ladder_dims, config.latent_dim], hidden=list(config.hidden),
                      network=config.encoder, activation=config.activation, batch_norm=config.batch_norm,
                      depth=config.ladder_depth, channels=config.conv_channels, kernels=config.conv_kernels,
-                     strides=config.conv_strides, dense=config.conv_dense)
+                     strides=config.conv_strides, dense=config.conv_dense,
+                     prior=build_prior(config.prior, config.latent_dim, n_components=config.prior_components,
+                                       event_shape=event_shape))
