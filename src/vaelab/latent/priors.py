@@ -18,17 +18,22 @@ import torch
 from torch import nn
 
 from vaelab.errors import VaelabError
-from vaelab.latent.gaussian import Posterior, diagonal_normal_log_prob, standard_normal_log_prob
+from vaelab.latent.gaussian import LOG_2PI, Posterior, standard_normal_log_prob
 
 
 def mixture_log_prob(z: torch.Tensor, means: torch.Tensor, logvars: torch.Tensor,
                      log_weights: torch.Tensor) -> torch.Tensor:
     """log sum_k w_k N(z; mean_k, diag(var_k)) for z of shape (..., L) and K components.
 
-    Broadcasts z against every component, so it holds a (..., K, L) intermediate.
+    The squares (z - mean_k)^2 / var_k are expanded into two matrix products, so memory and
+    time go as (..., K) rather than (..., K, L) (a broadcast made a 500-component prior
+    cost more than the networks); float64 keeps the expansion's cancellation harmless.
     """
-    per_component = diagonal_normal_log_prob(z.unsqueeze(-2), means, logvars)  # (..., K)
-    return torch.logsumexp(per_component + log_weights, dim=-1)
+    zd, md = z.double(), means.double()
+    precision = torch.exp(-logvars.double())  # (K, L)
+    squares = (zd * zd) @ precision.T - 2.0 * (zd @ (md * precision).T) + (md * md * precision).sum(-1)
+    per_component = -0.5 * (squares + logvars.double().sum(-1) + means.shape[-1] * LOG_2PI)  # (..., K)
+    return torch.logsumexp(per_component + log_weights.double(), dim=-1).to(z.dtype)
 
 
 def sample_mixture(n: int, means: torch.Tensor, logvars: torch.Tensor, log_weights: torch.Tensor,
