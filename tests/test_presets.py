@@ -104,7 +104,7 @@ def test_preset_names_its_source_and_how_to_run_it_on_a_folder(name):
         assert FOLDER_OVERRIDE in info["description"]
 
 
-FAMILY_PRESETS = ["mnist-vamp", "mnist-iaf", "mnist-hvae-vamp", "mnist-ladder", "svhn-ladder"]
+FAMILY_PRESETS = ["mnist-vamp", "mnist-iaf", "mnist-hvae-vamp", "mnist-ladder", "svhn-ladder", "mnist-m2"]
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS + FAMILY_PRESETS)

@@ -34,6 +34,7 @@ COLUMNS = [
     ("active_units", "active units"),
     ("best_val_elbo_nats", "best val ELBO (nats/image)"),
     ("train_seconds", "train time (s)"),
+    ("class_error_pct", "q(y|x) test error (%)"),
     ("probe_logreg_error_pct", "logreg probe error (%)"),
     ("probe_knn_error_pct", "k-NN probe error (%)"),
     ("collapse", "posterior collapse"),
@@ -78,6 +79,7 @@ def _row(label: str, summary) -> dict:
         "best_val_elbo_nats": max(vals) if vals else None,
         "train_seconds": sum(x.get("seconds") or 0 for x in rows),
         # errors are counts over the test images: 100 * count / n, rounded off float noise
+        "class_error_pct": round(100 * r["class_error"], 6) if "class_error" in r else None,
         "probe_logreg_error_pct": round(100 * r["probe_logreg_error"], 6) if probe else None,
         "probe_knn_error_pct": round(100 * r["probe_knn_error"], 6) if probe else None,
         "collapse": "yes" if summary.collapsed else "no",

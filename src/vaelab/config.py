@@ -19,7 +19,7 @@ from .errors import VaelabError
 
 TRANSFORMS = ("binarize-dynamic", "binarize-static", "scale", "pca")
 NETWORKS = ("mlp", "conv")
-FAMILIES = ("vae", "ladder")  # families.FAMILIES builds each
+FAMILIES = ("vae", "ladder", "m2")  # families.FAMILIES builds each
 KL_SCHEDULES = ("constant", "linear", "cyclical", "ae-then-anneal")
 OBJECTIVES = ("elbo", "iwae")
 LR_SCHEDULES = ("constant", "cosine", "step", "plateau")
@@ -53,6 +53,7 @@ class DataConfig:
     pca_components: int = 500
     pca_fit_images: int = 10000  # shuffled training images the PCA is fitted on (0: all, a chunk at a time)
     pca_whiten: bool = False
+    labelled: int = 0  # semi-supervised families: a seeded, class-balanced subset of N labelled training images
 
 
 @dataclass
@@ -78,7 +79,8 @@ class ModelConfig:
     variance_l2: float = 0.0
     sigmoid_mean: bool = False
     n_mixtures: int = 5
-    family: str = "vae"  # vae | ladder (a top-down hierarchy, Sønderby et al. 2016)
+    family: str = "vae"  # vae | ladder (a top-down hierarchy, Sønderby et al. 2016) | m2 (semi-supervised, Kingma et al. 2014)
+    n_classes: int = 10  # m2: the classes of y
     prior: str = "standard-normal"  # standard-normal | mog (learned mixture) | vamp (Tomczak & Welling 2018)
     prior_components: int = 500  # mog: mixture components; vamp: pseudo-inputs
     flow_steps: int = 0  # inverse autoregressive flow steps on the posterior (Kingma et al. 2016; 0: none)
@@ -106,6 +108,8 @@ class TrainConfig:
     anneal_step: float = 0.05  # ae-then-anneal: the weight's rise per epoch (spread over its steps), capped at beta
     anneal_start_rel: float = 0.01  # ae-then-anneal: start once an epoch improves the reconstruction by less than this fraction
     free_bits: float = 0.0  # nats per latent dimension (0: off)
+    labelled_batch: int = 100  # semi-supervised: labelled images added to every batch
+    class_weight: float = 0.1  # semi-supervised: alpha / N of the classification term (Kingma: alpha = 0.1 N)
     grad_clip: float = 0.0  # max gradient norm (0: off)
     lr_schedule: str = "constant"
     lr_step_epochs: int = 30
@@ -134,6 +138,22 @@ class Config:
     preset: str | None = None  # the preset this config started from, for the record
 
     # -- conversion ---------------------------------------------------------------------
+    def _validate_semi_supervised(self) -> None:
+        d, m, t = self.data, self.model, self.train
+        _at_least("model.n_classes", m.n_classes, 2)
+        if d.labelled < m.n_classes:
+            raise VaelabError(f"model.family=m2 learns from labels: set data.labelled to at least one image per class "
+                              f"({m.n_classes}), e.g. data.labelled=100")
+        _at_least("train.labelled_batch", t.labelled_batch, 1)
+        _at_least("train.class_weight", t.class_weight, 0.0)
+        if m.prior != "standard-normal" or m.flow_steps:
+            raise VaelabError("model.family=m2 has an N(0, I) prior on z and no flow: set model.prior=standard-normal "
+                              "and model.flow_steps=0")
+        if t.objective != "elbo":
+            raise VaelabError("model.family=m2 trains on its ELBO: set train.objective=elbo")
+        if m.variance_l2 > 0:
+            raise VaelabError("model.variance_l2 is not used by model.family=m2: set it to 0")
+
     def _validate_family(self) -> None:
         """The model family, its prior, flow and layers (model.family, model.prior, ...)."""
         from .latent.priors import PRIORS
@@ -150,6 +170,11 @@ class Config:
         if m.prior == "vamp" and self.data.transform == "pca":
             raise VaelabError("model.prior=vamp learns pseudo-inputs in image space [0, 1]: use data.transform=scale "
                               "or a binarization, not pca")
+        if m.family == "m2":
+            self._validate_semi_supervised()
+        elif self.data.labelled:
+            raise VaelabError(f"data.labelled applies to the semi-supervised family (model.family=m2), not "
+                              f"{m.family}: set data.labelled=0 (the M1 probes are `vaelab eval --probe-labels N`)")
         if m.family != "ladder":
             return
         _at_least("model.ladder_depth", m.ladder_depth, 1)

@@ -184,10 +184,22 @@ class ElboPass:
         return torch.cat(self.means), torch.cat(self.stds)
 
 
+def error_interval(errors: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of an error rate errors / n (95 % for z = 1.96)."""
+    if n == 0:
+        return (math.nan, math.nan)
+    p = errors / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
 @torch.no_grad()
 def evaluate_model(model: VAE, transform: Transform, images: torch.Tensor, iw_samples: int = 100,
-                   batch_size: int = 500, seed: int = 0, progress: bool = False) -> dict:
-    """All metrics over uint8 ``images`` (N, C, H, W); deterministic for a given seed."""
+                   batch_size: int = 500, seed: int = 0, progress: bool = False,
+                   labels: torch.Tensor | None = None) -> dict:
+    """All metrics over uint8 ``images`` (N, C, H, W); deterministic for a given seed. With
+    ``labels``, a model with a classifier (semi-supervised) is also scored on them."""
     model.eval()
     device = next(model.parameters()).device
     if device.type == "cpu":
@@ -195,6 +207,8 @@ def evaluate_model(model: VAE, transform: Transform, images: torch.Tensor, iw_sa
     gen = torch.Generator(device=device).manual_seed(seed)
     measured = ElboPass(model, transform, gen)
     nll_iw = nll_8bit = 0.0
+    wrong = scored = 0
+    classifies = labels is not None and hasattr(model, "classify")
     pixel_pmf = eight_bit_log_prob(model, transform)
     batches = range(0, len(images), batch_size)
     if progress:
@@ -204,6 +218,11 @@ def evaluate_model(model: VAE, transform: Transform, images: torch.Tensor, iw_sa
     for start in batches:
         # read once (a memory-mapped store reads the disk)
         x = measured.add(images[start:start + batch_size].to(device))
+        if classifies:
+            target = torch.as_tensor(labels[start:start + batch_size]).to(device)
+            known = target >= 0
+            wrong += int((model.classify(x).argmax(-1) != target)[known].sum())
+            scored += int(known.sum())
         if iw_samples > 0:
             nll_iw -= float(model.log_likelihood(x, iw_samples, generator=gen).double().sum())
         if pixel_pmf is not None:  # a code length for 8-bit pixels (K = 1: the ELBO's bound)
@@ -219,6 +238,9 @@ def evaluate_model(model: VAE, transform: Transform, images: torch.Tensor, iw_sa
         result["binarization"] = BINARIZATION_RULE
     result["iw_samples"] = iw_samples
     result["n_images"] = n
+    if classifies and scored:
+        result["class_error"] = wrong / scored
+        result["class_error_ci95"] = list(error_interval(wrong, scored))
     if pixel_pmf is not None:
         nll, method = nll_8bit / n, "bin-mass"
     else:

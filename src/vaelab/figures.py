@@ -32,7 +32,7 @@ NATS = "nats/image"
 
 #: name -> (title, caption) of every figure write_figures makes, in report order
 FIGURES: dict[str, tuple[str, str]] = {
-    "samples": ("Samples from the prior", "Decoder means for z ~ N(0, I)."),
+    "samples": ("Samples from the prior", "Decoder means for z drawn from the model's prior (model.prior)."),
     "reconstructions": ("Reconstructions", "Held-out images (the test split; the validation images where the "
                         "dataset has none), upper row of each pair, and the decoder mean at their posterior mean "
                         "(lower row)."),
@@ -44,8 +44,9 @@ FIGURES: dict[str, tuple[str, str]] = {
                       "held-out images (originals at both ends)."),
     "traversals": ("Latent traversals", "One active dimension per row, varied from -3 to 3 with the others at "
                    "the posterior mean of one held-out image."),
-    "kl_per_dim": ("KL per latent dimension", "Average KL(q(z_i|x) || N(0, 1)) over held-out images; active "
-                   "units (Var_x E[z_i] > 0.01) in colour."),
+    "kl_per_dim": ("KL per latent dimension", "Average KL per latent dimension over held-out images (the "
+                   "model's own; against N(0, 1) for a prior or flow whose KL has no parts per dimension); "
+                   "active units (Var_x E[z_i] > 0.01) in colour."),
     "training_curves": ("Training curves", "Per epoch: training loss, reconstruction, KL, beta, learning "
                         "rate and validation ELBO; NaN and skip events marked."),
     "latent_stats": ("Latent statistics over training", "Per epoch (every train.stats_every_steps steps when "
@@ -53,6 +54,17 @@ FIGURES: dict[str, tuple[str, str]] = {
                      "means and standard deviations."),
     "progress": ("Progress over training", "The same fixed noise decoded at saved epochs."),
 }
+
+#: the figures of a model with a class variable y (semi-supervised), after FIGURES
+CLASS_FIGURES: dict[str, tuple[str, str]] = {
+    "class_analogies": ("Analogies: one style, every class", "Each row: a held-out image, then its style z (the "
+                        "posterior mean at its most probable class) decoded as every class y, as in Kingma et al. "
+                        "2014: what z keeps (slant, thickness) and what y sets (the digit)."),
+    "class_samples": ("Samples by class", "Each column one class y, each row one z ~ N(0, I) shared along the row."),
+}
+
+PRIOR_NAMES = {"standard-normal": "z ~ N(0, I)", "mog": "z from the learned mixture prior",
+               "vamp": "z from the VampPrior"}
 
 
 # -- what the figures share ----------------------------------------------------------------
@@ -190,9 +202,10 @@ def _grid_figure(images: torch.Tensor, nrow: int, title: str, path, row_labels=N
 # -- what the model generates ----------------------------------------------------------------
 
 def prior_samples(run, path, n: int = 10, seed: int = 0) -> Path:
-    """An n x n grid of decoder means for z ~ N(0, I)."""
+    """An n x n grid of decoder means for z drawn from the prior."""
     images = run.sample(n * n, seed=seed)
-    return _grid_figure(images, n, f"{n * n} samples from the prior, z ~ N(0, I) "
+    prior = PRIOR_NAMES.get(run.config.model.prior, run.config.model.prior)
+    return _grid_figure(images, n, f"{n * n} samples from the prior, {prior} "
                         f"({run.config.model.latent_dim}-D latent)", path)
 
 
@@ -216,10 +229,10 @@ def analogies(run, path, n_rows: int = 8, n_samples: int = 8, split: str | None 
     images = images[across_classes(labels, n_rows)]
     model, device = run.model, run.device
     gen = torch.Generator(device=device).manual_seed(seed)
-    q = model.encode(run.transform.fixed(images.to(device)))
-    eps = torch.randn((len(images), n_samples, model.latent_dim), generator=gen, device=device)
-    z = (q.mean.unsqueeze(1) + q.std.unsqueeze(1) * eps).reshape(-1, model.latent_dim)
-    decoded = _decode(run, z).view(len(images), n_samples, *images.shape[1:])
+    x = run.transform.fixed(images.to(device))
+    # the model's own posterior sampling: through a flow's steps, or every layer of a hierarchy
+    decoded = torch.stack([run.transform.to_images(model.reconstruct(x, sample_posterior=True, generator=gen)).cpu()
+                           for _ in range(n_samples)], 1)
     rows = torch.cat([_originals(images).unsqueeze(1), decoded], dim=1).flatten(0, 1)
     cols = ["orig."] + [str(i + 1) for i in range(n_samples)]
     return _grid_figure(rows, n_samples + 1, f"Posterior samples: each {split} image, then decodings of "
@@ -530,6 +543,33 @@ def _message_figure(path, title: str, message: str) -> Path:
     return _save(fig, path)
 
 
+@torch.no_grad()
+def class_analogies(run, path, n_rows: int = 8, split: str | None = None) -> Path:
+    """Kingma et al.'s analogies: each row a held-out image, then its style redrawn as every class."""
+    split = split or figure_split(run)
+    images, labels = run.images(split)
+    images = images[across_classes(labels, n_rows)]
+    redrawn = run.model.redraw(run.transform.fixed(images.to(run.device)))  # (B, C, *event)
+    decoded = run.transform.to_images(redrawn.flatten(0, 1)).cpu().view(len(images), -1, *images.shape[1:])
+    rows = torch.cat([_originals(images).unsqueeze(1), decoded], dim=1).flatten(0, 1)
+    cols = ["orig."] + [str(c) for c in range(run.model.n_classes)]
+    return _grid_figure(rows, run.model.n_classes + 1, f"Each {split} image's style z, decoded as every class y",
+                        path, col_labels=cols, xlabel="original, then class y = 0, 1, ...")
+
+
+@torch.no_grad()
+def class_samples(run, path, n_rows: int = 8, seed: int = 0) -> Path:
+    """One z ~ N(0, I) per row, decoded as every class (columns)."""
+    model, device = run.model, run.device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    z = torch.randn((n_rows, model.latent_dim), generator=gen, device=device)
+    classes = torch.arange(model.n_classes, device=device)
+    means = model.likelihood.mean(model.decode(z.repeat_interleave(model.n_classes, 0), classes.repeat(n_rows)))
+    images = run.transform.to_images(means).cpu()
+    return _grid_figure(images, model.n_classes, "Samples by class: z ~ N(0, I) along each row, y along the columns",
+                        path, col_labels=[str(c) for c in range(model.n_classes)])
+
+
 # -- all of them ---------------------------------------------------------------------------------
 
 def write_figures(run, out_dir, seed: int = 0, latents: Latents | None = None) -> dict[str, Path]:
@@ -557,6 +597,9 @@ def write_figures(run, out_dir, seed: int = 0, latents: Latents | None = None) -
         "latent_stats": latent_stats(read_step_stats(run.path) or rows, out / "latent_stats.png"),
         "progress": progress(run.path, out / "progress.png"),
     }
+    if hasattr(run.model, "redraw"):  # a class variable y: its figures too
+        paths["class_analogies"] = class_analogies(run, out / "class_analogies.png")
+        paths["class_samples"] = class_samples(run, out / "class_samples.png", seed=seed)
     gif = Path(run.path) / PROGRESS_DIR / PROGRESS_GIF
     if gif.exists():
         paths["progress_gif"] = Path(shutil.copyfile(gif, out / PROGRESS_GIF))

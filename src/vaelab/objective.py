@@ -7,9 +7,14 @@ from __future__ import annotations
 import torch
 
 
-def training_loss(model, x: torch.Tensor, beta: float, train, noise: torch.Tensor | None = None):
+def training_loss(model, x: torch.Tensor, beta: float, train, noise: torch.Tensor | None = None,
+                  labels: torch.Tensor | None = None, weights: tuple[float, float, float] | None = None):
     """The model's LossOutput under ``train`` (a TrainConfig); ``noise`` supplies the
-    standard-normal draws (shape ``noise_shape``), else the model draws its own."""
+    standard-normal draws (shape ``noise_shape``), else the model draws its own. A
+    semi-supervised model also takes the batch's ``labels`` (-1: unlabelled) and the
+    ``weights`` of its unlabelled, labelled and classification terms."""
+    if labels is not None:
+        return model.loss(x, beta=beta, free_bits=train.free_bits, noise=noise, labels=labels, weights=weights)
     if train.objective == "iwae":
         return model.iwae_loss(x, train.iw_samples, noise=noise)
     return model.loss(x, beta=beta, free_bits=train.free_bits, noise=noise)

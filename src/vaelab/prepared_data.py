@@ -12,6 +12,7 @@ from .data import load_dataset
 from .data.store import MappedImages, open_store
 from .errors import VaelabError
 from .pca import fit_pca
+from .probes import balanced_indices
 from .transforms import Transform, make_transform
 
 SPLIT_SEED = 20140101  # the validation split is the same for every run of a dataset
@@ -26,6 +27,8 @@ class PreparedData:
     transform: Transform
     image_shape: tuple[int, ...]
     event_shape: tuple[int, ...]
+    labelled: torch.Tensor | None = None  # data.labelled: positions in train of the labelled subset
+    labelled_rows: np.ndarray | None = None  # the same images as rows of the dataset's training split
 
 
 def load_images(data: DataConfig, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -99,12 +102,20 @@ def prepare_data(data: DataConfig, seed: int = 0, transform: Transform | None = 
         subset = transform.prepare(images if kept is None else images[kept], seed=SPLIT_SEED)
         train, val = torch.from_numpy(subset[train_idx]), torch.from_numpy(subset[val_idx])
     image_shape = tuple(images.shape[1:])
+    train_labels = labels[train_rows].astype(np.int64)
+    labelled = None
+    if data.labelled:  # the same subset for every run with this seed (and data.limit, data.val_fraction)
+        if data.labelled > len(train_rows):
+            raise VaelabError(f"data.labelled={data.labelled} is more than the {len(train_rows)} training images")
+        labelled = balanced_indices(train_labels, data.labelled, seed=seed, what="data.labelled")
     return PreparedData(
         train=train, val=val,
-        train_labels=torch.from_numpy(labels[train_rows].astype(np.int64)),
+        train_labels=torch.from_numpy(train_labels),
         val_labels=torch.from_numpy(labels[val_rows].astype(np.int64)),
         transform=transform, image_shape=image_shape,
-        event_shape=transform.event_shape(image_shape))
+        event_shape=transform.event_shape(image_shape),
+        labelled=None if labelled is None else torch.from_numpy(labelled),
+        labelled_rows=None if labelled is None else train_rows[labelled])
 
 
 def eval_images(data: DataConfig, split: str, transform: Transform) -> tuple[torch.Tensor | MappedImages, torch.Tensor]:

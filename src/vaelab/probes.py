@@ -15,14 +15,17 @@ from .errors import VaelabError
 KNN_NEIGHBOURS = 5
 
 
-def balanced_indices(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
-    """n indices of labelled items, as equal per class as the class sizes allow, seeded."""
+def balanced_indices(labels: np.ndarray, n: int, seed: int = 0, what: str = "--probe-labels") -> np.ndarray:
+    """n indices of labelled items, as equal per class as the class sizes allow, seeded;
+    ``what`` names the setting in errors."""
     labels = np.asarray(labels)
     known = np.flatnonzero(labels >= 0)
     if n < 1:
-        raise VaelabError(f"--probe-labels must be at least 1, got {n}")
+        raise VaelabError(f"{what} must be at least 1, got {n}")
     if len(known) < n:
-        raise VaelabError(f"--probe-labels {n}: the training split has only {len(known)} labelled images")
+        raise VaelabError(f"{what} {n}: the training images have only {len(known)} with labels"
+                          + (" (this dataset has none: use a dataset with labels, or class subfolders)"
+                             if len(known) == 0 else ""))
     rng = np.random.default_rng(seed)
     classes = np.unique(labels[known])
     pools = {c: rng.permutation(known[labels[known] == c]) for c in classes}

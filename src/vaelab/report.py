@@ -150,20 +150,28 @@ def metrics_rows(summary: Summary) -> list[list]:
     rows = [
         ["ELBO", fmt(r["elbo"]), "nats/image (higher is better)"],
         ["reconstruction, -log p(x|z)", fmt(r["recon"]), "nats/image"],
-        ["KL(q(z|x) || p(z))", fmt(r["kl"]), "nats/image"],
+        ["KL(q(z|x) || p(z))", fmt(r["kl"]), "nats/image, " + ("analytic" if r.get("kl_method", "analytic") == "analytic"
+                                                               else "one-sample Monte Carlo estimate")],
         [f"{'cross-entropy' if 'cross-entropy' in r.get('data_space', '') else '-log p(x)'}, importance-weighted "
          f"(K={k})", fmt(r.get("nll_iw")), "nats/image (lower is better)"],
         ["nats measured over", r.get("data_space", "n/a"), ""],
         ["bits per dimension", fmt(r.get("bits_per_dim"), 4),
          f"bits/dim of 8-bit pixels: {r['bits_per_dim_method']}" if r.get("bits_per_dim") is not None
          else "none: not a model of 8-bit pixels (binarized data or PCA components)"],
-        ["active units", f"{r['active_units']} of {run.config.model.latent_dim}", "Cov_x(E_q[z]) > 0.01"],
+        ["active units", f"{r['active_units']} of {getattr(run.model, 'noise_dim', run.config.model.latent_dim)}",
+         "Cov_x(E_q[z]) > 0.01" + (f"; per layer, bottom first: {r['active_units_per_layer']}"
+                                   if r.get("active_units_per_layer") else "")],
         ["decoder dependence on z", fmt(100 * summary.z_sensitivity, 1),
          "% of the data's pixel variance moved by z ~ p(z)"],
         ["reconstruction PSNR", fmt(psnr(r["recon_mse"]) if r.get("recon_mse") else None, 2),
          f"dB in image space [0, 1] at the posterior mean (the mean image: "
          f"{fmt(psnr(r['mean_image_mse']) if r.get('mean_image_mse') else None, 2)} dB)"],
     ]
+    if "class_error" in r:
+        low, high = r["class_error_ci95"]
+        rows.append(["classification error of q(y|x)", fmt(100 * r["class_error"], 2),
+                     f"% on the {r['split']} labels (95 % interval {fmt(100 * low, 2)}-{fmt(100 * high, 2)}); "
+                     f"trained with {run.config.data.labelled} labels"])
     if "probe_labels" in r:
         n = r["probe_labels"]
         rows += [[f"probe: logistic regression, {n} labels", fmt(100 * r["probe_logreg_error"], 2), "% test error"],
@@ -202,7 +210,7 @@ def _training_summary(rows: list[dict]) -> str:
 def write_report(run, out: str | Path | None = None, iw_samples: int = 100, limit: int = 0,
                  probe_labels: int = 0, seed: int = 0, progress: bool = False) -> Path:
     """Write RUN_DIR/report.html (or ``out``): one self-contained file."""
-    from .figures import FIGURES, write_figures
+    from .figures import CLASS_FIGURES, FIGURES, write_figures
 
     out = Path(out) if out else Path(run.path) / "report.html"
     if not out.parent.is_dir():
@@ -213,7 +221,9 @@ def write_report(run, out: str | Path | None = None, iw_samples: int = 100, limi
     with tempfile.TemporaryDirectory(prefix="vaelab-report-") as tmp:
         paths = write_figures(run, tmp, seed=seed, latents=summary.latents)
         figures_html = []
-        for name, (title, caption) in FIGURES.items():
+        for name, (title, caption) in {**FIGURES, **CLASS_FIGURES}.items():
+            if name not in paths:  # the class figures are only a semi-supervised model's
+                continue
             figures_html.append(figure(paths[name], title, caption))
             if name == "progress" and "progress_gif" in paths:
                 figures_html.append(figure(paths["progress_gif"], "Progress over training (animated)",

@@ -26,6 +26,10 @@ def _print_eval(result: dict) -> None:
 
         print(f"  recon PSNR     {psnr(result['recon_mse']):.2f} dB   (image space; the mean image: "
               f"{psnr(result['mean_image_mse']):.2f} dB)")
+    if "class_error" in result:  # a semi-supervised model's own classifier q(y|x)
+        low, high = result["class_error_ci95"]
+        print(f"  class error    {100 * result['class_error']:.2f} %   (q(y|x) on the {result['split']} labels; "
+              f"95 % interval {100 * low:.2f}-{100 * high:.2f} %)")
     if "binarization" in result:
         print(f"  binarization   {result['binarization']}")
     if "probe_labels" in result:  # as the report says them: % test error of each classifier

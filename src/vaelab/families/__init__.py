@@ -22,8 +22,14 @@ def _ladder(config, event_shape):
     return ladder_from_config(config, event_shape)
 
 
+def _m2(config, event_shape):
+    from .m2 import M2
+
+    return M2(config, event_shape)
+
+
 #: model.family -> a builder (ModelConfig, event shape) -> the model
-FAMILIES = {"vae": _vae, "ladder": _ladder}
+FAMILIES = {"vae": _vae, "ladder": _ladder, "m2": _m2}
 assert tuple(FAMILIES) == FAMILY_NAMES  # the config validates against the names
 
 

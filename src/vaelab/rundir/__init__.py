@@ -9,6 +9,7 @@
                            last-EEEEEE-sSSSSSS.safetensors S steps into epoch E + 1 (written
                            on SIGINT / SIGTERM), best.safetensors
       train.log            the log, including diagnostics
+      labelled.json        semi-supervised runs: which training images carried labels
 
 Every file is replaced atomically (temporary file, fsync, rename), so a kill at any moment
 leaves the old version or the new one, never a torn one.
@@ -30,6 +31,7 @@ WEIGHTS = "model.safetensors"
 METRICS = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
 LOG = "train.log"
+LABELLED = "labelled.json"  # semi-supervised runs: the training images that carried labels
 LOCK = ".lock"
 DAMAGED_SUFFIX = ".damaged"
 

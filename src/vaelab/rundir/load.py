@@ -54,6 +54,7 @@ class Run:
         """Metrics (evaluate.evaluate_model) on a split of the run's dataset, of another
         ``dataset`` of the same image shape (e.g. an out-of-distribution check), or on given
         uint8 ``images`` (tensor or numpy)."""
+        labels = None
         if images is not None:
             images, name, split = self._as_images(images), "given images", "given"
         elif dataset is not None:
@@ -62,11 +63,12 @@ class Run:
             loaded = load_dataset(dataset, split, data_dir=self.config.data.data_dir)
             images, name = self._as_images(loaded.images), dataset
         else:
-            (images, _), name = self.images(split), self.config.data.name
+            (images, labels), name = self.images(split), self.config.data.name
         if limit:
             images = images[:limit]
+            labels = labels[:limit] if labels is not None else None
         result = evaluate_model(self.model, self.transform, images, iw_samples=iw_samples,
-                                batch_size=batch_size, seed=seed, progress=progress)
+                                batch_size=batch_size, seed=seed, progress=progress, labels=labels)
         result.update(split=split, dataset=name)
         return result
 

@@ -132,7 +132,11 @@ class Trainer:
         self.good_state = None  # in-memory copy for the rollback policy
         self.rollbacks = 0  # consecutive rollbacks without a completed epoch
         self._partial = None  # where an interrupted epoch stands (order, step, partial sums)
-        n = len(self.train_images)
+        self.labels = SemiSupervised(self.data, t, self.device) if getattr(self.model, "uses_labels", False) else None
+        if self.labels is not None and self.dist is not None:
+            raise VaelabError("semi-supervised training (model.family=m2) runs in one process: leave out --nproc")
+        # an epoch passes once over the images trained on without labels (all, for other models)
+        n = len(self.train_images) if self.labels is None else len(self.labels.unlabelled)
         # a last batch of one is dropped (batch norm); with several processes, every rank needs one image
         last = 2 if self.dist is None else max(2, self.dist.world)
         self.steps_per_epoch = n // t.batch_size + (1 if n % t.batch_size >= last else 0)
@@ -290,6 +294,11 @@ class Trainer:
             elif self.is_main:
                 cfg.save(self.out / rundir.CONFIG)
                 (self.out / rundir.METRICS).write_text("")
+                if self.labels is not None:  # which images carried labels, as rows of the training split
+                    rows = self.data.labelled_rows.tolist()
+                    labels = self.data.train_labels[self.data.labelled].tolist()
+                    record = {"split": cfg.data.train_split, "rows": rows, "labels": labels}
+                    rundir.atomic_write_bytes(self.out / rundir.LABELLED, (json.dumps(record) + "\n").encode())
                 self.log(f"vaelab {__version__}: training on {self.device}, "
                          f"{len(self.train_images)} train / {len(self.val_images)} val images of "
                          f"{cfg.data.name}, event shape {self.data.event_shape}, "
@@ -399,7 +408,8 @@ class Trainer:
             order, sums, first = partial["order"], partial["sums"].clone(), partial["step"]
             seen, grad_norm_max = partial["seen"], partial["grad_norm_max"]
         else:
-            order = torch.randperm(len(self.train_images), generator=self.data_gen, device=self.device)
+            pool = len(self.train_images) if self.labels is None else len(self.labels.unlabelled)
+            order = torch.randperm(pool, generator=self.data_gen, device=self.device)
             sums = torch.zeros(3, device=self.device, dtype=torch.float64)  # loss, recon, KL times images
             seen, grad_norm_max = 0, 0.0
         if partial is not None and not self.is_main:  # the sums so far count once, on rank 0
@@ -422,12 +432,13 @@ class Trainer:
                 if bar:
                     bar.close()
                 return None
-            x, beta = self._batch(batch_order, step)
+            x, beta, labels = self._batch(batch_order, step)
             with self._autocast():
                 if self.parallel is not None:  # this rank's shard of the global batch, through DDP
                     x, out, objective = self.parallel.loss(x, beta, t)
                 else:
-                    out = training_loss(self.model, x, beta, t)
+                    out = training_loss(self.model, x, beta, t, labels=labels,
+                                        weights=self.labels.weights if self.labels else None)
                     objective = out.loss
             opt.zero_grad(set_to_none=True)
             if not guard.loss_ok(out, x, beta, self.parallel is not None):
@@ -470,14 +481,19 @@ class Trainer:
                     leave=False, dynamic_ncols=True, mininterval=0.5, file=self._log_stream,
                     disable=None)  # no bar when the output is not a terminal
 
-    def _batch(self, batch_order: torch.Tensor, step: int) -> tuple[torch.Tensor, float]:
-        """The model's input for this step (drawn through the transform) and the KL weight."""
+    def _batch(self, batch_order: torch.Tensor, step: int) -> tuple[torch.Tensor, float, torch.Tensor | None]:
+        """The model's input for this step (drawn through the transform), the KL weight, and
+        for a semi-supervised model the batch's labels (-1 where unlabelled)."""
         size = self.config.train.batch_size
         idx = batch_order[step * size:(step + 1) * size]
+        labels = None
+        if self.labels is not None:  # the unlabelled batch, then the labelled images of this step
+            idx, labels = self.labels.batch(self.labels.unlabelled[idx.to(self.device)], self.epoch, step)
+            idx = idx if isinstance(self.train_images, torch.Tensor) else idx.cpu()
         x = self.data.transform(self.train_images[idx].to(self.device), generator=self.data_gen)
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        return x, self.kl_schedule.beta_at(self.epoch + step / self.steps_per_epoch)
+        return x, self.kl_schedule.beta_at(self.epoch + step / self.steps_per_epoch), labels
 
     def _epoch_row(self, sums: torch.Tensor, seen: int, grad_norm_max: float, partial: dict | None) -> dict:
         """The epoch's training numbers, over every rank's share of it."""
@@ -560,6 +576,36 @@ class Trainer:
         tensors.update(self.data.transform.state())
         ckpt.save_tensors(self.out / rundir.WEIGHTS, tensors, {"epoch": self.epoch, "vaelab": __version__})
         self.log(f"done: {self.epoch} epochs; weights in {self.out / rundir.WEIGHTS}")
+
+
+class SemiSupervised:
+    """Which training images carry labels (data.labelled), and how they join each batch.
+
+    Every step takes train.batch_size images from the unlabelled rest (one pass of them is
+    an epoch) and train.labelled_batch from the labelled subset, in an order drawn from the
+    seed and the epoch alone, so a resumed run draws the same. The loss weights make the
+    batch an unbiased estimate of Kingma et al.'s objective over the training set, per image.
+    """
+
+    def __init__(self, data, t, device: torch.device):
+        n = len(data.train)
+        self.labelled = data.labelled.to(device)
+        mask = torch.ones(n, dtype=torch.bool, device=device)
+        mask[self.labelled] = False
+        self.unlabelled = torch.nonzero(mask).flatten()
+        self.targets = data.train_labels.to(device)
+        self.seed, self.size = t.seed, t.labelled_batch
+        n_l = len(self.labelled)
+        self.weights = (len(self.unlabelled) / n, n_l / n, t.class_weight * n_l)
+
+    def batch(self, unlabelled_idx: torch.Tensor, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(indices into train: the unlabelled ones then this step's labelled ones, labels)."""
+        n_l = len(self.labelled)
+        order = torch.randperm(n_l, generator=torch.Generator().manual_seed(self.seed * 100003 + epoch))
+        picks = order[(torch.arange(self.size) + step * self.size) % n_l].to(self.labelled.device)
+        chosen = self.labelled[picks]
+        labels = torch.cat([torch.full_like(unlabelled_idx, -1), self.targets[chosen]])
+        return torch.cat([unlabelled_idx, chosen]), labels
 
 
 def _match_state_layout(optimizer: torch.optim.Optimizer) -> None:

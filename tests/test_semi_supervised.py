@@ -1,0 +1,164 @@
+"""M2 (Kingma et al. 2014): its bounds computed by hand, how labelled and unlabelled images
+mix in a batch, the labelled subset, its errors, and the classification error in eval."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import vaelab
+from vaelab.config import Config
+from vaelab.errors import VaelabError
+from vaelab.evaluate import error_interval
+from vaelab.families import build_model
+from vaelab.prepared_data import prepare_data
+from vaelab.rundir.load import load_run
+
+TINY = ["data.name=mnist-sample", "data.limit=600", "data.labelled=30", "model.family=m2", "model.latent_dim=3",
+        "model.hidden=[32]", "train.batch_size=50", "train.labelled_batch=7", "train.epochs=1", "train.threads=1",
+        "train.device=cpu"]
+
+
+def config(*extra: str) -> Config:
+    c = Config()
+    c.apply_overrides(TINY + list(extra))
+    return c.validate()
+
+
+def tiny_model():
+    torch.manual_seed(0)
+    return build_model(config().model, (1, 4, 4)).eval()
+
+
+def by_hand_labelled(model, x, y, eps):
+    """L(x, y) = log p(x|y,z) + log p(y) - KL(q(z|x,y) || N(0, I)), from torch.distributions."""
+    h = model.encoder(x)
+    mean, logvar = model.posterior_head(torch.cat([h, torch.nn.functional.one_hot(y, 10).float()], -1)).chunk(2, -1)
+    q = torch.distributions.Normal(mean, torch.exp(0.5 * logvar))
+    z = mean + torch.exp(0.5 * logvar) * eps
+    logits = model.decoder(torch.cat([z, torch.nn.functional.one_hot(y, 10).float()], -1))[:, 0]
+    log_px = torch.distributions.Bernoulli(logits=logits).log_prob(x).flatten(1).sum(1)
+    kl = torch.distributions.kl_divergence(q, torch.distributions.Normal(0.0, 1.0)).sum(-1)
+    return log_px - math.log(10) - kl
+
+
+def test_unlabelled_bound_is_the_class_sum_computed_by_hand():
+    model = tiny_model()
+    x = torch.bernoulli(torch.full((5, 1, 4, 4), 0.4))
+    eps = torch.randn(5, 3)
+    with torch.no_grad():
+        log_qy = model.classify(x)
+        per_class = torch.stack([by_hand_labelled(model, x, torch.full((5,), c), eps) for c in range(10)], 1)
+        expected = (log_qy.exp() * (per_class - log_qy)).sum(1)  # sum_y q(y|x) (L(x,y) - log q(y|x))
+        bound, recon, kl, _ = model._unlabelled(x, model.encoder(x), eps, log_qy)
+        assert torch.allclose(bound, expected, atol=1e-4)
+        assert torch.allclose(bound, -(recon + kl), atol=1e-4)
+        # the bound is tightest, log sum_y exp L(x, y), when q(y|x) is the posterior over classes
+        tight, _, _, _ = model._unlabelled(x, model.encoder(x), eps, torch.log_softmax(per_class, 1))
+        assert torch.allclose(tight, torch.logsumexp(per_class, 1), atol=1e-4)
+        assert (bound <= tight + 1e-5).all()
+
+
+def test_labelled_bound_and_loss_weights():
+    model = tiny_model()
+    x = torch.bernoulli(torch.full((4, 1, 4, 4), 0.4))
+    labels = torch.tensor([-1, 2, -1, 7])
+    eps = torch.randn(4, 3)
+    out = model.loss(x, labels=labels, noise=eps, weights=(0.25, 0.5, 3.0))
+    with torch.no_grad():
+        unl = model._unlabelled(x[[0, 2]], model.encoder(x[[0, 2]]), eps[[0, 2]], model.classify(x[[0, 2]]))[0]
+        lab = by_hand_labelled(model, x[[1, 3]], labels[[1, 3]], eps[[1, 3]])
+        ce = torch.nn.functional.nll_loss(model.classify(x[[1, 3]]), labels[[1, 3]])
+    assert float(out.loss) == pytest.approx(float(0.25 * (-unl).mean() + 0.5 * (-lab).mean() + 3.0 * ce), rel=1e-5)
+
+
+def test_importance_weighted_likelihood_sums_over_classes():
+    """K samples per class; at large K it bounds the ELBO from above and agrees across seeds."""
+    model = tiny_model()
+    x = torch.bernoulli(torch.full((6, 1, 4, 4), 0.4))
+    gen = torch.Generator().manual_seed(0)
+    elbo = torch.stack([model.elbo_terms(x, generator=gen)["elbo"] for _ in range(50)]).mean(0)
+    a = model.log_likelihood(x, 2000, generator=gen)
+    b = model.log_likelihood(x, 2000, generator=gen, chunk=7)
+    assert (a >= elbo - 0.05).all() and torch.allclose(a, b, atol=0.05)
+
+
+def test_labelled_subset_is_balanced_reproducible_and_recorded(tmp_path):
+    first = prepare_data(config().data, seed=0)
+    again = prepare_data(config().data, seed=0)
+    other = prepare_data(config().data, seed=1)
+    assert torch.equal(first.labelled, again.labelled) and not torch.equal(first.labelled, other.labelled)
+    counts = np.bincount(first.train_labels[first.labelled].numpy(), minlength=10)
+    assert counts.tolist() == [3] * 10
+    out = vaelab.fit(config(), tmp_path / "run", progress=False)
+    record = json.loads((out / "labelled.json").read_text())
+    assert record["rows"] == first.labelled_rows.tolist() and len(record["labels"]) == 30
+
+
+def test_every_batch_mixes_unlabelled_and_labelled_images(tmp_path):
+    """Each step: train.batch_size unlabelled images (each seen once an epoch) and
+    train.labelled_batch from the labelled subset, with their labels."""
+    seen = []
+
+    class Spy:
+        def on_train_start(self, trainer):
+            loss = trainer.model.loss
+
+            def spy(x, **kwargs):
+                seen.append(kwargs["labels"].clone())
+                return loss(x, **kwargs)
+
+            trainer.model.loss = spy
+
+    vaelab.fit(config(), tmp_path / "run", progress=False, callbacks=[Spy()])
+    data = prepare_data(config().data, seed=0)
+    labelled_classes = data.train_labels[data.labelled]
+    assert len(seen) == math.ceil((540 - 30) / 50)  # one pass over the 510 unlabelled images
+    assert sum(int((labels == -1).sum()) for labels in seen) == 510
+    for labels in seen:
+        unlabelled = int((labels == -1).sum())
+        assert (labels[:unlabelled] == -1).all() and len(labels) == unlabelled + 7
+        assert all(int(y) in labelled_classes.tolist() for y in labels[unlabelled:])
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    (["data.labelled=5"], "at least one image per class"),
+    (["data.labelled=0"], "at least one image per class"),
+    (["model.family=vae", "data.labelled=100"], "data.labelled applies to the semi-supervised family"),
+    (["train.objective=iwae", "train.iw_samples=5"], "trains on its ELBO"),
+    (["model.prior=vamp"], r"an N\(0, I\) prior"),
+])
+def test_bad_semi_supervised_settings_are_one_clear_error(overrides, fragment):
+    with pytest.raises(VaelabError, match=fragment) as info:
+        config(*overrides)
+    assert "\n" not in str(info.value)
+
+
+def test_more_labels_than_images_or_no_labels_at_all(tmp_path):
+    with pytest.raises(VaelabError, match="more than the"):
+        prepare_data(config("data.labelled=5000").data)
+    folder = tmp_path / "unlabelled"  # a folder without class subfolders has no labels
+    folder.mkdir()
+    from PIL import Image
+
+    for i in range(40):
+        Image.fromarray((np.random.default_rng(i).random((28, 28)) * 255).astype(np.uint8)).save(folder / f"{i}.png")
+    with pytest.raises(VaelabError, match="has none"):
+        prepare_data(config(f"data.name=folder:{folder}", "data.limit=0", "data.labelled=10").data)
+
+
+def test_eval_reports_the_classification_error_with_its_interval(tmp_path):
+    out = vaelab.fit(config(), tmp_path / "run", progress=False)
+    run = load_run(out)
+    result = run.evaluate("test", iw_samples=2, limit=200)
+    low, high = result["class_error_ci95"]
+    assert 0 <= low <= result["class_error"] <= high <= 1
+    images, labels = run.images("test")
+    with torch.no_grad():
+        wrong = int((run.model.classify(run.transform.fixed(images[:200])).argmax(-1) != labels[:200]).sum())
+    assert result["class_error"] == wrong / 200
+    assert error_interval(10, 100) == pytest.approx((0.0552, 0.1744), abs=1e-3)  # Wilson, z = 1.96
