@@ -138,57 +138,6 @@ class Config:
     preset: str | None = None  # the preset this config started from, for the record
 
     # -- conversion ---------------------------------------------------------------------
-    def _validate_semi_supervised(self) -> None:
-        d, m, t = self.data, self.model, self.train
-        _at_least("model.n_classes", m.n_classes, 2)
-        if d.labelled < m.n_classes:
-            raise VaelabError(f"model.family=m2 learns from labels: set data.labelled to at least one image per class "
-                              f"({m.n_classes}), e.g. data.labelled=100")
-        _at_least("train.labelled_batch", t.labelled_batch, 1)
-        _at_least("train.class_weight", t.class_weight, 0.0)
-        if m.prior != "standard-normal" or m.flow_steps:
-            raise VaelabError("model.family=m2 has an N(0, I) prior on z and no flow: set model.prior=standard-normal "
-                              "and model.flow_steps=0")
-        if t.objective != "elbo":
-            raise VaelabError("model.family=m2 trains on its ELBO: set train.objective=elbo")
-        if m.variance_l2 > 0:
-            raise VaelabError("model.variance_l2 is not used by model.family=m2: set it to 0")
-
-    def _validate_family(self) -> None:
-        """The model family, its prior, flow and layers (model.family, model.prior, ...)."""
-        from .latent.priors import PRIORS
-
-        m = self.model
-        _choice("model.family", m.family, FAMILIES)
-        _choice("model.prior", m.prior, PRIORS)
-        _at_least("model.prior_components", m.prior_components, 1)
-        _at_least("model.flow_steps", m.flow_steps, 0)
-        if m.flow_steps and not m.flow_hidden:
-            raise VaelabError("model.flow_hidden must list at least one width for the IAF steps, e.g. [320, 320]")
-        for v in m.flow_hidden + m.ladder_dims:
-            _at_least("model.flow_hidden and model.ladder_dims entries", v, 1)
-        if m.prior == "vamp" and self.data.transform == "pca":
-            raise VaelabError("model.prior=vamp learns pseudo-inputs in image space [0, 1]: use data.transform=scale "
-                              "or a binarization, not pca")
-        if m.family == "m2":
-            self._validate_semi_supervised()
-        elif self.data.labelled:
-            raise VaelabError(f"data.labelled applies to the semi-supervised family (model.family=m2), not "
-                              f"{m.family}: set data.labelled=0 (the M1 probes are `vaelab eval --probe-labels N`)")
-        if m.family != "ladder":
-            return
-        _at_least("model.ladder_depth", m.ladder_depth, 1)
-        if not m.ladder_dims:
-            raise VaelabError("model.family=ladder needs model.ladder_dims, the lower layers' sizes, e.g. [64]")
-        if m.flow_steps:
-            raise VaelabError("model.family=ladder has no flow steps: set model.flow_steps=0")
-        if len(m.hidden) != len(m.ladder_dims) + 1:
-            raise VaelabError(f"model.family=ladder takes one model.hidden width per stochastic layer "
-                              f"({len(m.ladder_dims) + 1}), got {m.hidden}")
-        if m.encoder != m.decoder:
-            raise VaelabError("model.family=ladder uses one network kind for both directions: set model.encoder and "
-                              "model.decoder alike (mlp or conv)")
-
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -237,97 +186,148 @@ class Config:
 
     # -- validation ---------------------------------------------------------------------
     def validate(self) -> "Config":
-        d, m, t = self.data, self.model, self.train
+        data, model, train = self.data, self.model, self.train
         _all_finite(self)
-        _choice("data.transform", d.transform, TRANSFORMS)
-        _choice("data.store", d.store, STORES)
-        if not (isinstance(d.train_split, str) and d.train_split.strip()):
-            raise VaelabError(f"data.train_split must name a split such as train or extra, got {d.train_split!r}")
-        if d.store == "memmap" and d.transform == "binarize-static":
+        _choice("data.transform", data.transform, TRANSFORMS)
+        _choice("data.store", data.store, STORES)
+        if not (isinstance(data.train_split, str) and data.train_split.strip()):
+            raise VaelabError(f"data.train_split must name a split such as train or extra, got {data.train_split!r}")
+        if data.store == "memmap" and data.transform == "binarize-static":
             raise VaelabError("data.transform=binarize-static draws the whole split at once in memory: with "
                               "data.store=memmap use binarize-dynamic (or data.store=memory)")
-        if d.dequantize and d.transform != "scale":
+        if data.dequantize and data.transform != "scale":
             raise VaelabError(f"data.dequantize spreads 8-bit pixels over their bins: it needs data.transform=scale, "
-                              f"not {d.transform}")
-        _range("data.val_fraction", d.val_fraction, 0.0, 0.9)
-        _at_least("data.limit", d.limit, 0)
-        if d.image_size is not None:
-            _at_least("data.image_size", d.image_size, 2)
-        if d.channels is not None and d.channels not in (1, 3):
-            raise VaelabError(f"data.channels must be 1 or 3, got {d.channels}")
-        _at_least("data.pca_components", d.pca_components, 1)
-        _at_least("data.pca_fit_images", d.pca_fit_images, 0)
-        _at_least("model.latent_dim", m.latent_dim, 1)
-        _choice("model.encoder", m.encoder, NETWORKS)
-        _choice("model.decoder", m.decoder, NETWORKS)
+                              f"not {data.transform}")
+        _range("data.val_fraction", data.val_fraction, 0.0, 0.9)
+        _at_least("data.limit", data.limit, 0)
+        if data.image_size is not None:
+            _at_least("data.image_size", data.image_size, 2)
+        if data.channels is not None and data.channels not in (1, 3):
+            raise VaelabError(f"data.channels must be 1 or 3, got {data.channels}")
+        _at_least("data.pca_components", data.pca_components, 1)
+        _at_least("data.pca_fit_images", data.pca_fit_images, 0)
+        _at_least("model.latent_dim", model.latent_dim, 1)
+        _choice("model.encoder", model.encoder, NETWORKS)
+        _choice("model.decoder", model.decoder, NETWORKS)
         self._validate_family()
-        if m.variance_hidden is not None and (m.decoder != "mlp" or m.likelihood != "gaussian"
-                                              or m.variance in ("fixed", "shared")):
+        if model.variance_hidden is not None and (model.decoder != "mlp" or model.likelihood != "gaussian"
+                                              or model.variance in ("fixed", "shared")):
             raise VaelabError("model.variance_hidden is a separate MLP stack for a per-image variance map: it needs "
                               "model.decoder=mlp, model.likelihood=gaussian and model.variance=learned-logvar, "
                               "relu or softplus; or leave it unset (null)")
         for name in ("hidden", "decoder_hidden", "variance_hidden", "conv_channels", "conv_kernels", "conv_strides"):
-            for v in getattr(m, name) or []:
+            for v in getattr(model, name) or []:
                 _at_least(f"model.{name} entries", v, 1)
-        _range("model.dropout", m.dropout, 0.0, 0.99)
-        if d.transform == "pca" and (m.encoder == "conv" or m.decoder == "conv"):
+        _range("model.dropout", model.dropout, 0.0, 0.99)
+        if data.transform == "pca" and (model.encoder == "conv" or model.decoder == "conv"):
             raise VaelabError("data.transform=pca gives vectors, not images: use model.encoder=mlp and model.decoder=mlp")
-        _at_least("train.epochs", t.epochs, 0)
-        _at_least("train.batch_size", t.batch_size, 1)
-        if not (t.lr > 0 and math.isfinite(t.lr)):
-            raise VaelabError(f"train.lr must be a positive number, got {t.lr} (e.g. --set train.lr=1e-3)")
-        if len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas):
-            raise VaelabError(f"train.betas must be two numbers in [0, 1), got {t.betas}")
-        _at_least("train.weight_decay", t.weight_decay, 0.0)
-        _at_least("train.threads", t.threads, 0)
-        _choice("train.objective", t.objective, OBJECTIVES)
-        _at_least("train.iw_samples", t.iw_samples, 1)
-        _at_least("train.beta", t.beta, 0.0)
-        _choice("train.kl_schedule", t.kl_schedule, KL_SCHEDULES)
-        _at_least("train.warmup_epochs", t.warmup_epochs, 1)
-        _at_least("train.cycle_epochs", t.cycle_epochs, 1)
-        _at_least("train.anneal_step", t.anneal_step, 0.0)
-        _range("train.anneal_start_rel", t.anneal_start_rel, 0.0, 1.0)
-        _at_least("train.free_bits", t.free_bits, 0.0)
-        _at_least("train.grad_clip", t.grad_clip, 0.0)
-        _choice("train.lr_schedule", t.lr_schedule, LR_SCHEDULES)
-        _at_least("train.lr_step_epochs", t.lr_step_epochs, 1)
-        _range("train.lr_gamma", t.lr_gamma, 1e-6, 1.0)
-        _choice("train.early_stopping", t.early_stopping, EARLY_STOPPING)
-        _at_least("train.patience", t.patience, 1)
+        _at_least("train.epochs", train.epochs, 0)
+        _at_least("train.batch_size", train.batch_size, 1)
+        if not (train.lr > 0 and math.isfinite(train.lr)):
+            raise VaelabError(f"train.lr must be a positive number, got {train.lr} (e.g. --set train.lr=1e-3)")
+        if len(train.betas) != 2 or not all(0 <= b < 1 for b in train.betas):
+            raise VaelabError(f"train.betas must be two numbers in [0, 1), got {train.betas}")
+        _at_least("train.weight_decay", train.weight_decay, 0.0)
+        _at_least("train.threads", train.threads, 0)
+        _choice("train.objective", train.objective, OBJECTIVES)
+        _at_least("train.iw_samples", train.iw_samples, 1)
+        _at_least("train.beta", train.beta, 0.0)
+        _choice("train.kl_schedule", train.kl_schedule, KL_SCHEDULES)
+        _at_least("train.warmup_epochs", train.warmup_epochs, 1)
+        _at_least("train.cycle_epochs", train.cycle_epochs, 1)
+        _at_least("train.anneal_step", train.anneal_step, 0.0)
+        _range("train.anneal_start_rel", train.anneal_start_rel, 0.0, 1.0)
+        _at_least("train.free_bits", train.free_bits, 0.0)
+        _at_least("train.grad_clip", train.grad_clip, 0.0)
+        _choice("train.lr_schedule", train.lr_schedule, LR_SCHEDULES)
+        _at_least("train.lr_step_epochs", train.lr_step_epochs, 1)
+        _range("train.lr_gamma", train.lr_gamma, 1e-6, 1.0)
+        _choice("train.early_stopping", train.early_stopping, EARLY_STOPPING)
+        _at_least("train.patience", train.patience, 1)
         # combinations that would silently do something other than what was asked
-        if t.kl_schedule == "cyclical" and t.warmup_epochs > t.cycle_epochs:
-            raise VaelabError(f"train.warmup_epochs={t.warmup_epochs} exceeds train.cycle_epochs={t.cycle_epochs}: "
+        if train.kl_schedule == "cyclical" and train.warmup_epochs > train.cycle_epochs:
+            raise VaelabError(f"train.warmup_epochs={train.warmup_epochs} exceeds train.cycle_epochs={train.cycle_epochs}: "
                               f"the cyclical KL weight would never reach train.beta")
-        if t.objective == "iwae" and (t.beta != 1 or t.kl_schedule != "constant" or t.free_bits > 0):
+        if train.objective == "iwae" and (train.beta != 1 or train.kl_schedule != "constant" or train.free_bits > 0):
             raise VaelabError("train.objective=iwae bounds log p(x) and has no KL weight: leave train.beta=1, "
                               "train.kl_schedule=constant and train.free_bits=0")
-        if t.objective == "iwae" and m.variance_l2 > 0:
+        if train.objective == "iwae" and model.variance_l2 > 0:
             raise VaelabError("model.variance_l2 applies to the ELBO objective only: set it to 0 with train.objective=iwae")
-        if d.val_fraction == 0 and t.kl_schedule == "ae-then-anneal":
+        if data.val_fraction == 0 and train.kl_schedule == "ae-then-anneal":
             raise VaelabError("train.kl_schedule=ae-then-anneal starts on the validation reconstruction error, but "
                               "data.val_fraction=0 holds out no images: raise it (e.g. 0.1)")
-        if d.val_fraction == 0 and (t.early_stopping == "val" or
-                                    (t.lr_schedule == "plateau" and t.early_stopping != "train")):
+        if data.val_fraction == 0 and (train.early_stopping == "val" or
+                                    (train.lr_schedule == "plateau" and train.early_stopping != "train")):
             raise VaelabError("the validation loss is monitored (train.early_stopping=val or train.lr_schedule=plateau) "
                               "but data.val_fraction=0 holds out no images: raise it, or use train.early_stopping=train")
-        _at_least("train.checkpoint_every", t.checkpoint_every, 1)
-        _at_least("train.keep_checkpoints", t.keep_checkpoints, 1)
-        _choice("train.nan_policy", t.nan_policy, NAN_POLICIES)
-        _at_least("train.nan_check_every", t.nan_check_every, 0)
-        _choice("train.autocast", t.autocast, AUTOCAST)
-        _choice("train.channels_last", t.channels_last, LAYOUTS)
-        _at_least("train.sample_every", t.sample_every, 0)
-        _at_least("train.stats_every_steps", t.stats_every_steps, 0)
-        if t.device not in ("auto", "cpu") and not t.device.startswith(("cuda", "mps")):
-            raise VaelabError(f"train.device must be auto, cpu, cuda or cuda:N, got {t.device!r}")
+        _at_least("train.checkpoint_every", train.checkpoint_every, 1)
+        _at_least("train.keep_checkpoints", train.keep_checkpoints, 1)
+        _choice("train.nan_policy", train.nan_policy, NAN_POLICIES)
+        _at_least("train.nan_check_every", train.nan_check_every, 0)
+        _choice("train.autocast", train.autocast, AUTOCAST)
+        _choice("train.channels_last", train.channels_last, LAYOUTS)
+        _at_least("train.sample_every", train.sample_every, 0)
+        _at_least("train.stats_every_steps", train.stats_every_steps, 0)
+        if train.device not in ("auto", "cpu") and not train.device.startswith(("cuda", "mps")):
+            raise VaelabError(f"train.device must be auto, cpu, cuda or cuda:N, got {train.device!r}")
         # the likelihood module checks its own names and values
         from .likelihoods import likelihood_from_config
 
-        likelihood_from_config(m, (1,))
-        if m.likelihood.startswith("discretized") and d.transform != "scale":
-            raise VaelabError(f"model.likelihood={m.likelihood} models 8-bit pixels: use data.transform=scale")
+        likelihood_from_config(model, (1,))
+        if model.likelihood.startswith("discretized") and data.transform != "scale":
+            raise VaelabError(f"model.likelihood={model.likelihood} models 8-bit pixels: use data.transform=scale")
         return self
+
+    def _validate_semi_supervised(self) -> None:
+        data, model, train = self.data, self.model, self.train
+        _at_least("model.n_classes", model.n_classes, 2)
+        if data.labelled < model.n_classes:
+            raise VaelabError(f"model.family=m2 learns from labels: set data.labelled to at least one image per class "
+                              f"({model.n_classes}), e.g. data.labelled=100")
+        _at_least("train.labelled_batch", train.labelled_batch, 1)
+        _at_least("train.class_weight", train.class_weight, 0.0)
+        if model.prior != "standard-normal" or model.flow_steps:
+            raise VaelabError("model.family=m2 has an N(0, I) prior on z and no flow: set model.prior=standard-normal "
+                              "and model.flow_steps=0")
+        if train.objective != "elbo":
+            raise VaelabError("model.family=m2 trains on its ELBO: set train.objective=elbo")
+        if model.variance_l2 > 0:
+            raise VaelabError("model.variance_l2 is not used by model.family=m2: set it to 0")
+
+    def _validate_family(self) -> None:
+        """The model family, its prior, flow and layers (model.family, model.prior, ...)."""
+        from .latent.priors import PRIORS
+
+        model = self.model
+        _choice("model.family", model.family, FAMILIES)
+        _choice("model.prior", model.prior, PRIORS)
+        _at_least("model.prior_components", model.prior_components, 1)
+        _at_least("model.flow_steps", model.flow_steps, 0)
+        if model.flow_steps and not model.flow_hidden:
+            raise VaelabError("model.flow_hidden must list at least one width for the IAF steps, e.g. [320, 320]")
+        for v in model.flow_hidden + model.ladder_dims:
+            _at_least("model.flow_hidden and model.ladder_dims entries", v, 1)
+        if model.prior == "vamp" and self.data.transform == "pca":
+            raise VaelabError("model.prior=vamp learns pseudo-inputs in image space [0, 1]: use data.transform=scale "
+                              "or a binarization, not pca")
+        if model.family == "m2":
+            self._validate_semi_supervised()
+        elif self.data.labelled:
+            raise VaelabError(f"data.labelled applies to the semi-supervised family (model.family=m2), not "
+                              f"{model.family}: set data.labelled=0 (the M1 probes are `vaelab eval --probe-labels N`)")
+        if model.family != "ladder":
+            return
+        _at_least("model.ladder_depth", model.ladder_depth, 1)
+        if not model.ladder_dims:
+            raise VaelabError("model.family=ladder needs model.ladder_dims, the lower layers' sizes, e.g. [64]")
+        if model.flow_steps:
+            raise VaelabError("model.family=ladder has no flow steps: set model.flow_steps=0")
+        if len(model.hidden) != len(model.ladder_dims) + 1:
+            raise VaelabError(f"model.family=ladder takes one model.hidden width per stochastic layer "
+                              f"({len(model.ladder_dims) + 1}), got {model.hidden}")
+        if model.encoder != model.decoder:
+            raise VaelabError("model.family=ladder uses one network kind for both directions: set model.encoder and "
+                              "model.decoder alike (mlp or conv)")
 
     # -- files --------------------------------------------------------------------------
     def save(self, path: Path) -> None:

@@ -47,11 +47,11 @@ class Stopped(KeyboardInterrupt):
         self.signum = int(signum)
 
 
-def make_optimizer(model: torch.nn.Module, t, device: torch.device) -> torch.optim.Optimizer:
+def make_optimizer(model: torch.nn.Module, training, device: torch.device) -> torch.optim.Optimizer:
     # The fused Adam kernel does the whole update in one pass per tensor: fewer Python
     # steps and memory sweeps than the default foreach path, same arithmetic.
-    return torch.optim.Adam(model.parameters(), lr=t.lr, betas=tuple(t.betas),
-                            weight_decay=t.weight_decay, fused=device.type in ("cpu", "cuda"))
+    return torch.optim.Adam(model.parameters(), lr=training.lr, betas=tuple(training.betas),
+                            weight_decay=training.weight_decay, fused=device.type in ("cpu", "cuda"))
 
 
 class Trainer:
@@ -88,43 +88,43 @@ class Trainer:
 
     # -- setup ---------------------------------------------------------------------------
     def _setup(self, transform=None) -> None:
-        cfg, t = self.config, self.config.train
-        self.device = resolve_device(t.device)
+        cfg, training = self.config, self.config.train
+        self.device = resolve_device(training.device)
         if self.dist is not None and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
-        if t.threads:
-            torch.set_num_threads(t.threads)
+        if training.threads:
+            torch.set_num_threads(training.threads)
         if self.device.type == "cpu":
             # Adam's running averages of weights whose gradient stays zero (dead ReLUs,
             # border pixels) decay into denormal floats, which are 10-100x slower on x86.
             torch.set_flush_denormal(True)
-        torch.manual_seed(t.seed)
-        self.data: PreparedData = prepare_data(cfg.data, seed=t.seed, transform=transform)
+        torch.manual_seed(training.seed)
+        self.data: PreparedData = prepare_data(cfg.data, seed=training.seed, transform=transform)
         if hasattr(self.data.transform, "to"):
             self.data.transform.to(self.device)
         self.train_images = _resident(self.data.train, self.device, self.log)
         self.val_images = _resident(self.data.val, self.device, self.log)
         self.model = build_model(cfg.model, self.data.event_shape).to(self.device)
-        self.channels_last = t.channels_last == "on" or (
-            t.channels_last == "auto" and "conv" in (cfg.model.encoder, cfg.model.decoder))
+        self.channels_last = training.channels_last == "on" or (
+            training.channels_last == "auto" and "conv" in (cfg.model.encoder, cfg.model.decoder))
         if self.channels_last:  # NHWC: the layout oneDNN and cuDNN convolutions prefer
             self.model.to(memory_format=torch.channels_last)
-        if t.compile:  # in place, so state_dict keys (checkpoints) stay as they are
+        if training.compile:  # in place, so state_dict keys (checkpoints) stay as they are
             for part in self.model.children():  # the networks (and a prior's, a flow's)
                 part.compile()
         self.parallel = distributed.DataParallel(self.model, self.dist, self.device) if self.dist else None
-        self.optimizer = make_optimizer(self.model, t, self.device)
+        self.optimizer = make_optimizer(self.model, training, self.device)
         # every step on CPU; on CUDA every 50, unless the optimizer cannot skip a step itself
-        check_every = t.nan_check_every or (50 if self.device.type == "cuda" else 1)
+        check_every = training.nan_check_every or (50 if self.device.type == "cuda" else 1)
         self.guard = NanGuard(self, check_every if self.optimizer.defaults.get("fused") else 1)
         self._autocast = ((lambda: torch.autocast(self.device.type, dtype=torch.bfloat16))
-                          if t.autocast == "bf16" else contextlib.nullcontext)
-        self.scheduler = make_lr_scheduler(self.optimizer, t)
-        self.kl_schedule = KLSchedule(t)
-        self.stopper = EarlyStopping(t.patience, t.min_delta)
+                          if training.autocast == "bf16" else contextlib.nullcontext)
+        self.scheduler = make_lr_scheduler(self.optimizer, training)
+        self.kl_schedule = KLSchedule(training)
+        self.stopper = EarlyStopping(training.patience, training.min_delta)
         # data order and dynamic binarization draw from their own generator (saved with
         # each checkpoint); reparameterization noise and dropout use the global one
-        self.data_gen = torch.Generator(device=self.device).manual_seed(t.seed)
+        self.data_gen = torch.Generator(device=self.device).manual_seed(training.seed)
         self.epoch = 0  # completed epochs
         self.best_val = -math.inf
         self.skipped_steps = 0
@@ -132,15 +132,15 @@ class Trainer:
         self.good_state = None  # in-memory copy for the rollback policy
         self.rollbacks = 0  # consecutive rollbacks without a completed epoch
         self._partial = None  # where an interrupted epoch stands (order, step, partial sums)
-        self.labels = SemiSupervised(self.data, t, self.device) if getattr(self.model, "uses_labels", False) else None
+        self.labels = SemiSupervised(self.data, training, self.device) if getattr(self.model, "uses_labels", False) else None
         if self.labels is not None and self.dist is not None:
             raise VaelabError("semi-supervised training (model.family=m2) runs in one process: leave out --nproc")
         # an epoch passes once over the images trained on without labels (all, for other models)
         n = len(self.train_images) if self.labels is None else len(self.labels.unlabelled)
         # a last batch of one is dropped (batch norm); with several processes, every rank needs one image
         last = 2 if self.dist is None else max(2, self.dist.world)
-        self.steps_per_epoch = n // t.batch_size + (1 if n % t.batch_size >= last else 0)
-        if self.steps_per_epoch == 0 and t.epochs > 0:
+        self.steps_per_epoch = n // training.batch_size + (1 if n % training.batch_size >= last else 0)
+        if self.steps_per_epoch == 0 and training.epochs > 0:
             raise VaelabError(f"only {n} training image(s) after holding out validation: too few for one step "
                               f"(at least {last} are needed); raise data.limit or lower data.val_fraction")
 
@@ -250,9 +250,9 @@ class Trainer:
         come from it (schedules.load_lr_state), the KL schedules are set in epochs.
         """
         saved = Config.load(self.out / rundir.CONFIG)
-        t = self.config.train
-        if t.lr_schedule == "cosine" and saved.train.epochs != t.epochs:
-            self.log(f"cosine learning-rate schedule now spans {t.epochs} epochs (was {saved.train.epochs}): "
+        training = self.config.train
+        if training.lr_schedule == "cosine" and saved.train.epochs != training.epochs:
+            self.log(f"cosine learning-rate schedule now spans {training.epochs} epochs (was {saved.train.epochs}): "
                      f"lr {self.optimizer.param_groups[0]['lr']:.3g} after epoch {self.epoch}")
         if saved.train.lr != self.config.train.lr:
             for group in self.optimizer.param_groups:
@@ -306,9 +306,9 @@ class Trainer:
                 if cfg.data.transform == "pca":
                     quality = self.data.transform.quality(self.data.val if len(self.data.val) else self.data.train)
                     self.log("PCA: " + ", ".join(f"{k}={v:.4g}" for k, v in quality.items()))
-                m = cfg.model
-                if (cfg.data.transform == "scale" and not cfg.data.dequantize and m.likelihood == "gaussian"
-                        and m.variance != "fixed"):
+                model = cfg.model
+                if (cfg.data.transform == "scale" and not cfg.data.dequantize and model.likelihood == "gaussian"
+                        and model.variance != "fixed"):
                     self.log("WARNING: a learned variance on 8-bit pixels at their grid values can shrink without "
                              "bound where pixels are constant (the density grows, the code length does not); "
                              "train with data.dequantize=true")
@@ -345,8 +345,8 @@ class Trainer:
         self.stop_signal = signum
 
     def _loop(self) -> None:
-        t = self.config.train
-        while self.epoch < t.epochs:
+        training = self.config.train
+        while self.epoch < training.epochs:
             start = time.perf_counter()
             try:
                 row = self._train_epoch()
@@ -366,7 +366,7 @@ class Trainer:
             # the annealing trigger reads reconstruction quality in image space, free of a likelihood's
             # constant (ae-then-anneal needs validation images: Config.validate)
             self.kl_schedule.end_epoch(row.get("val_recon_mse", math.nan), self.epoch)
-            monitored = -row["val_elbo"] if t.early_stopping != "train" else row["train_loss"]
+            monitored = -row["val_elbo"] if training.early_stopping != "train" else row["train_loss"]
             if self.scheduler is not None:
                 if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                     self.scheduler.step(monitored)
@@ -374,7 +374,7 @@ class Trainer:
                     self.scheduler.step()
             row.update(epoch=self.epoch, images_per_s=row.pop("_images") / train_seconds,
                        seconds=time.perf_counter() - start)
-            stop = t.early_stopping != "none" and self.stopper.update(monitored)
+            stop = training.early_stopping != "none" and self.stopper.update(monitored)
             is_best = len(self.val_images) > 0 and row["val_elbo"] > self.best_val
             if is_best:
                 self.best_val = row["val_elbo"]
@@ -383,15 +383,15 @@ class Trainer:
                     f.write(json.dumps(_finite_or_null(row)) + "\n")
             self._log_epoch(row)
             self._callback("on_epoch_end", row)
-            if (self.epoch % t.checkpoint_every == 0 or stop or self.epoch == t.epochs or is_best
+            if (self.epoch % training.checkpoint_every == 0 or stop or self.epoch == training.epochs or is_best
                     or self.stop_requested):
                 self.save_checkpoint(best=is_best)
-            if t.nan_policy == "rollback":
+            if training.nan_policy == "rollback":
                 self.good_state = self._snapshot()
             if stop:
                 self.log(f"early stopping: no improvement of the monitored "
-                         f"{'training loss' if t.early_stopping == 'train' else 'validation loss'} "
-                         f"for {t.patience} epochs")
+                         f"{'training loss' if training.early_stopping == 'train' else 'validation loss'} "
+                         f"for {training.patience} epochs")
                 break
             if self.stop_requested:
                 self.log(f"{self.stop_requested}: stopped after epoch {self.epoch}, checkpoint saved; "
@@ -401,7 +401,7 @@ class Trainer:
     def _train_epoch(self) -> dict | None:
         """One epoch (or the rest of an interrupted one): batch, step, guard, sums. None when a
         signal stopped it; where it stood is then in self._partial."""
-        t, opt, guard = self.config.train, self.optimizer, self.guard
+        training, opt, guard = self.config.train, self.optimizer, self.guard
         self.model.train()
         first, partial, self._partial = 0, self._partial, None
         if partial is not None:  # resuming mid-epoch: the same order, sums and RNG as before
@@ -435,17 +435,17 @@ class Trainer:
             x, beta, labels = self._batch(batch_order, step)
             with self._autocast():
                 if self.parallel is not None:  # this rank's shard of the global batch, through DDP
-                    x, out, objective = self.parallel.loss(x, beta, t)
+                    x, out, objective = self.parallel.loss(x, beta, training)
                 else:
-                    out = training_loss(self.model, x, beta, t, labels=labels,
+                    out = training_loss(self.model, x, beta, training, labels=labels,
                                         weights=self.labels.weights if self.labels else None)
                     objective = out.loss
             opt.zero_grad(set_to_none=True)
             if not guard.loss_ok(out, x, beta, self.parallel is not None):
                 continue
             objective.backward()
-            if t.grad_clip > 0:
-                norm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
+            if training.grad_clip > 0:
+                norm = torch.nn.utils.clip_grad_norm_(params, training.grad_clip)
             else:
                 norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
             ok = guard.gradient_ok(out, norm, x, beta, opt)
@@ -587,16 +587,16 @@ class SemiSupervised:
     batch an unbiased estimate of Kingma et al.'s objective over the training set, per image.
     """
 
-    def __init__(self, data, t, device: torch.device):
+    def __init__(self, data, training, device: torch.device):
         n = len(data.train)
         self.labelled = data.labelled.to(device)
         mask = torch.ones(n, dtype=torch.bool, device=device)
         mask[self.labelled] = False
         self.unlabelled = torch.nonzero(mask).flatten()
         self.targets = data.train_labels.to(device)
-        self.seed, self.size = t.seed, t.labelled_batch
+        self.seed, self.size = training.seed, training.labelled_batch
         n_l = len(self.labelled)
-        self.weights = (len(self.unlabelled) / n, n_l / n, t.class_weight * n_l)
+        self.weights = (len(self.unlabelled) / n, n_l / n, training.class_weight * n_l)
 
     def batch(self, unlabelled_idx: torch.Tensor, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(indices into train: the unlabelled ones then this step's labelled ones, labels)."""
