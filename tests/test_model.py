@@ -82,7 +82,7 @@ def test_log_likelihood_streaming_is_exact(monkeypatch):
     full = torch.randn(64, 5, dtype=torch.float32) * 30  # widely spread log-weights
     served = []
 
-    def fixed_log_weights(x, q, k, generator=None, log_prob=None):
+    def fixed_log_weights(x, q, h, k, generator=None, log_prob=None):
         start = sum(served)
         served.append(k)
         return full[start:start + k], None
@@ -111,8 +111,8 @@ def test_iwae_gradient_equals_importance_weighted_gradient():
     """d/dθ log mean_i w_i = sum_i w̃_i d/dθ log w_i with w̃ the normalised, detached weights."""
     vae = small_vae()
     x = torch.bernoulli(torch.full((4, 1, 6, 6), 0.4))
-    q = vae.encode(x)
-    log_w, _ = vae._log_weights(x, q, 8, torch.Generator().manual_seed(0))
+    q, h = vae._posterior(x)
+    log_w, _ = vae._log_weights(x, q, h, 8, torch.Generator().manual_seed(0))
     bound = (torch.logsumexp(log_w, 0) - math.log(8)).sum()
     g1 = torch.autograd.grad(bound, vae.decoder.head.bias, retain_graph=True)[0]
     weights = torch.softmax(log_w, 0).detach()
