@@ -17,7 +17,7 @@ LAYERS = [
     # 1: data sources, observation models, networks, distributions over z, image grids
     ["data", "transforms", "likelihoods", "nn", "imagegrid", "probes", "latent.priors"],
     # 2: the fitted transform and the typed config
-    ["pca", "config"],
+    ["pca", "codes", "config"],
     # 3: presets, the model, prepared data splits, checkpoints
     ["presets", "model", "prepared_data", "rundir.checkpoint"],
     # 4: model families and the metrics

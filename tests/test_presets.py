@@ -48,9 +48,26 @@ def colour_folder(tmp_path_factory):
     return root
 
 
-def smoke_config(name: str, shape: str, colour_folder) -> Config:
-    """The preset, one epoch of one or two batches; nothing else changed but the data."""
+@pytest.fixture(scope="module")
+def m1_runs(colour_folder, tmp_path_factory):
+    """A tiny trained VAE per image shape: the M1 of the M1+M2 presets."""
+    runs = {}
+    for shape in ("grey28", "rgb32"):
+        config = Config()
+        data = ([f"data.name=folder:{colour_folder}", "data.channels=3", "data.image_size=32", "data.limit=64"]
+                if shape == "rgb32" else ["data.name=mnist-sample", "data.limit=140"])
+        config.apply_overrides(data + ["model.latent_dim=4", "model.hidden=[16]", "train.epochs=1"])
+        runs[shape] = train(config.validate(), tmp_path_factory.mktemp(f"m1-{shape}") / "run", progress=False,
+                            callbacks=[])
+    return runs
+
+
+def smoke_config(name: str, shape: str, colour_folder, m1_runs=None) -> Config:
+    """The preset, one epoch of one or two batches; nothing else changed but the data (and for
+    M1+M2 presets, a tiny M1 to take codes from)."""
     config = load_preset(name)
+    if config.data.transform == "m1":
+        config.apply_overrides([f"data.m1_run={m1_runs[shape]}"])
     if shape == "rgb32":
         config.apply_overrides([f"data.name=folder:{colour_folder}", "data.channels=3", "data.image_size=32",
                                 "data.limit=64", "data.val_fraction=0.1"])
@@ -63,6 +80,8 @@ def smoke_config(name: str, shape: str, colour_folder) -> Config:
         # checkpoint is ~400 MB to write and hash (seconds); the full width trains a step in
         # test_full_size_network_trains_a_step_on_the_real_shape
         config.apply_overrides(["model.hidden=256,256,256,256,256"])
+    if config.data.labelled:  # a few labels of the small smoke data
+        config.apply_overrides(["data.labelled=20"])
     config.apply_overrides(["train.epochs=1"])
     return config.validate()
 
@@ -76,8 +95,8 @@ CASES += [(name, "grey28" if default_shape(name) == "rgb32" else "rgb32") for na
 
 
 @pytest.mark.parametrize("name,shape", CASES, ids=[f"{n}-{s}" for n, s in CASES])
-def test_preset_trains_at_smoke_size(name, shape, colour_folder, tmp_path):
-    config = smoke_config(name, shape, colour_folder)
+def test_preset_trains_at_smoke_size(name, shape, colour_folder, m1_runs, tmp_path):
+    config = smoke_config(name, shape, colour_folder, m1_runs)
     out = train(config, tmp_path / "run", progress=False, callbacks=[])
     run = vaelab.load_run(out)
     image_shape = (3, 32, 32) if shape == "rgb32" else (1, 28, 28)

@@ -162,3 +162,54 @@ def test_eval_reports_the_classification_error_with_its_interval(tmp_path):
         wrong = int((run.model.classify(run.transform.fixed(images[:200])).argmax(-1) != labels[:200]).sum())
     assert result["class_error"] == wrong / 200
     assert error_interval(10, 100) == pytest.approx((0.0552, 0.1744), abs=1e-3)  # Wilson, z = 1.96
+
+
+# -- M1+M2: M2 on the codes of a finished VAE ---------------------------------------------------
+
+@pytest.fixture(scope="module")
+def m1_run(tmp_path_factory):
+    c = Config()
+    c.apply_overrides(["data.name=mnist-sample", "data.limit=600", "model.latent_dim=6", "model.hidden=[32]",
+                       "train.epochs=1", "train.threads=1", "train.device=cpu"])
+    return vaelab.fit(c.validate(), tmp_path_factory.mktemp("m1") / "run", progress=False)
+
+
+def m1m2_config(m1_dir, *extra):
+    return config("data.transform=m1", f"data.m1_run={m1_dir}", "model.likelihood=gaussian",
+                  "model.variance=learned-logvar", *extra)
+
+
+def test_m1m2_trains_on_the_codes_and_reloads(m1_run, tmp_path):
+    out = vaelab.fit(m1m2_config(m1_run), tmp_path / "run", progress=False)
+    run = load_run(out)
+    m1 = load_run(m1_run)
+    images, _ = run.images("test")
+    # the data are M1's posterior means (fixed) and posterior draws (training)
+    codes = run.transform.fixed(images[:20])
+    assert torch.equal(codes, m1.encode(images[:20])[0])
+    assert run.model.event_shape == (6,)
+    draws = run.transform(images[:20], generator=torch.Generator().manual_seed(0))
+    assert draws.shape == codes.shape and not torch.equal(draws, codes)
+    # codes come back as images through M1's decoder
+    assert torch.equal(run.transform.to_images(codes), m1.decode(codes))
+    result = run.evaluate("test", iw_samples=3, limit=100)
+    assert "posterior codes" in result["data_space"] and 0 <= result["class_error"] <= 1
+    assert result["bits_per_dim"] is None
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    (["data.m1_run=null"], "go together"),
+    (["model.likelihood=bernoulli", "model.variance=fixed"], "model.likelihood=gaussian"),
+])
+def test_m1m2_settings_are_checked(m1_run, extra, fragment):
+    with pytest.raises(VaelabError, match=fragment):
+        m1m2_config(m1_run, *extra)
+
+
+def test_m1m2_needs_a_finished_unsupervised_run(m1_run, tmp_path):
+    with pytest.raises(VaelabError, match="not a vaelab run directory"):
+        vaelab.fit(m1m2_config(tmp_path / "nowhere"), tmp_path / "a", progress=False)
+    m2 = vaelab.fit(config(), tmp_path / "m2", progress=False)
+    with pytest.raises(VaelabError, match="itself semi-supervised"):
+        vaelab.fit(m1m2_config(m2), tmp_path / "b", progress=False)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # nothing half-made left behind

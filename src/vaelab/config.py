@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .errors import VaelabError
 
-TRANSFORMS = ("binarize-dynamic", "binarize-static", "scale", "pca")
+TRANSFORMS = ("binarize-dynamic", "binarize-static", "scale", "pca", "m1")
 NETWORKS = ("mlp", "conv")
 FAMILIES = ("vae", "ladder", "m2")  # families.FAMILIES builds each
 KL_SCHEDULES = ("constant", "linear", "cyclical", "ae-then-anneal")
@@ -54,6 +54,7 @@ class DataConfig:
     pca_fit_images: int = 10000  # shuffled training images the PCA is fitted on (0: all, a chunk at a time)
     pca_whiten: bool = False
     labelled: int = 0  # semi-supervised families: a seeded, class-balanced subset of N labelled training images
+    m1_run: str | None = None  # data.transform=m1: the run directory whose posterior codes are the data (M1+M2)
 
 
 @dataclass
@@ -219,8 +220,15 @@ class Config:
             for v in getattr(model, name) or []:
                 _at_least(f"model.{name} entries", v, 1)
         _range("model.dropout", model.dropout, 0.0, 0.99)
-        if data.transform == "pca" and (model.encoder == "conv" or model.decoder == "conv"):
-            raise VaelabError("data.transform=pca gives vectors, not images: use model.encoder=mlp and model.decoder=mlp")
+        if data.transform in ("pca", "m1") and (model.encoder == "conv" or model.decoder == "conv"):
+            raise VaelabError(f"data.transform={data.transform} gives vectors, not images: use model.encoder=mlp and "
+                              f"model.decoder=mlp")
+        if (data.transform == "m1") != bool(data.m1_run):
+            raise VaelabError("data.transform=m1 and data.m1_run go together: data.m1_run names the run directory of "
+                              "the VAE (M1) whose codes are the data")
+        if data.transform == "m1" and (model.likelihood != "gaussian" or data.store != "memory"):
+            raise VaelabError("data.transform=m1 gives real-valued codes held in memory: use model.likelihood=gaussian "
+                              "and data.store=memory")
         _at_least("train.epochs", train.epochs, 0)
         _at_least("train.batch_size", train.batch_size, 1)
         if not (train.lr > 0 and math.isfinite(train.lr)):
@@ -307,7 +315,7 @@ class Config:
             raise VaelabError("model.flow_hidden must list at least one width for the IAF steps, e.g. [320, 320]")
         for v in model.flow_hidden + model.ladder_dims:
             _at_least("model.flow_hidden and model.ladder_dims entries", v, 1)
-        if model.prior == "vamp" and self.data.transform == "pca":
+        if model.prior == "vamp" and self.data.transform in ("pca", "m1"):
             raise VaelabError("model.prior=vamp learns pseudo-inputs in image space [0, 1]: use data.transform=scale "
                               "or a binarization, not pca")
         if model.family == "m2":

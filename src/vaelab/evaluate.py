@@ -98,6 +98,8 @@ def data_space(model: VAE, transform: Transform) -> str:
         return "PCA components (whitened)" if transform.whitened else "PCA components (not whitened)"
     if transform.name.startswith("binarize"):
         return "binary pixels"
+    if transform.name == "m1":
+        return f"{transform.describe()} (a density)"
     if model.likelihood.discrete_8bit:
         return "8-bit pixels"
     if model.likelihood.binary:

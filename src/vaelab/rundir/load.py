@@ -182,5 +182,24 @@ def load_run(path: str | Path, device: str = "cpu", which: str = "final", data_d
                           f"{rundir.CONFIG} edited? restore it, or retrain") from None
     model.to(device).eval()
     transform = saved_transform(tensors)
-    transform = transform.to(device) if transform is not None else make_transform(config.data.transform)
+    if transform is not None:
+        transform = transform.to(device)
+    elif config.data.transform == "m1":
+        transform = m1_codes(config.data.m1_run, device)
+    else:
+        transform = make_transform(config.data.transform)
     return Run(path, config, description, model, transform, weights)
+
+
+def m1_codes(path, device: str = "cpu"):
+    """The transform into the posterior codes of the run at ``path`` (M1 of M1+M2)."""
+    from ..codes import M1Codes
+
+    path = Path(path) if path else None
+    if path is None or not (path / rundir.CONFIG).is_file():
+        raise VaelabError(f"data.m1_run={path} is not a vaelab run directory: train M1 first (any unsupervised "
+                          f"vaelab run), then give its folder")
+    run = load_run(path, device=device)
+    if getattr(run.model, "uses_labels", False):
+        raise VaelabError(f"data.m1_run={path} is itself semi-supervised: give an unsupervised VAE run (M1)")
+    return M1Codes(run)

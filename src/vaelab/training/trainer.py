@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from ..version import __version__
 from .. import distributed
 from .. import rundir
+from ..codes import check_codes_shape
 from ..config import Config
 from ..data.store import MappedImages
 from ..diagnostics import collapse_warning, latent_spread, psnr
@@ -32,6 +32,8 @@ from ..families import build_model
 from ..objective import training_loss
 from ..prepared_data import PreparedData, prepare_data
 from ..rundir import checkpoint as ckpt
+from ..rundir.load import m1_codes
+from ..version import __version__
 from .nan_guard import NanGuard, RolledBack
 from .schedules import EarlyStopping, KLSchedule, load_lr_state, make_lr_scheduler
 
@@ -99,7 +101,11 @@ class Trainer:
             # border pixels) decay into denormal floats, which are 10-100x slower on x86.
             torch.set_flush_denormal(True)
         torch.manual_seed(training.seed)
+        if transform is None and cfg.data.transform == "m1":  # M1+M2: the codes of a finished run
+            transform = m1_codes(cfg.data.m1_run, str(self.device))
         self.data: PreparedData = prepare_data(cfg.data, seed=training.seed, transform=transform)
+        if cfg.data.transform == "m1":
+            check_codes_shape(self.data.transform, self.data.image_shape)
         if hasattr(self.data.transform, "to"):
             self.data.transform.to(self.device)
         self.train_images = _resident(self.data.train, self.device, self.log)
