@@ -108,6 +108,18 @@ def test_samples_and_reconstructions_are_images(trained):
     assert means.shape == (10, run.config.model.latent_dim) and (stds > 0).all()
 
 
+def test_codes_are_what_the_decoder_takes(trained):
+    """Run.encode's means are the codes decode() takes: for the one-layer VAE (a flow's
+    included) decoding them is the reconstruction."""
+    variant, out = trained
+    if not variant.startswith("vae"):
+        return  # a hierarchy decodes its top layer with the lower ones at their prior means; M2 one class
+    run = load_run(out)
+    images, _ = run.images("test")
+    means, _ = run.encode(images[:6])
+    torch.testing.assert_close(run.decode(means), run.reconstruct(images[:6]))
+
+
 class _StopAtStep:
     def __init__(self, step: int):
         self.step = step
@@ -194,6 +206,7 @@ def test_old_run_configs_load_as_the_plain_vae():
     (["model.family=ladder", "model.hidden=[64]", "model.ladder_dims=[8]"], "one model.hidden width per"),
     (["model.family=ladder", "model.hidden=[64,32]", "model.ladder_dims=[8]", "model.flow_steps=1"], "no flow"),
     (["model.prior=vamp", "data.transform=pca", "data.name=svhn"], "pseudo-inputs"),
+    (["model.prior=vamp", "model.batch_norm=true"], "batch norm"),
 ])
 def test_bad_family_settings_are_one_clear_error(overrides, fragment):
     config = Config()

@@ -131,6 +131,7 @@ def test_every_batch_mixes_unlabelled_and_labelled_images(tmp_path):
     (["model.family=vae", "data.labelled=100"], "data.labelled applies to the semi-supervised family"),
     (["train.objective=iwae", "train.iw_samples=5"], "trains on its ELBO"),
     (["model.prior=vamp"], r"an N\(0, I\) prior"),
+    (["train.free_bits=0.5"], "no free bits"),
 ])
 def test_bad_semi_supervised_settings_are_one_clear_error(overrides, fragment):
     with pytest.raises(VaelabError, match=fragment) as info:
@@ -198,8 +199,8 @@ def test_m1m2_trains_on_the_codes_and_reloads(m1_run, tmp_path):
 
 
 @pytest.mark.parametrize("extra, fragment", [
-    (["data.m1_run=null"], "go together"),
     (["model.likelihood=bernoulli", "model.variance=fixed"], "model.likelihood=gaussian"),
+    (["data.transform=binarize-dynamic", "model.likelihood=bernoulli", "model.variance=fixed"], "needs data.transform=m1"),
 ])
 def test_m1m2_settings_are_checked(m1_run, extra, fragment):
     with pytest.raises(VaelabError, match=fragment):
@@ -209,6 +210,8 @@ def test_m1m2_settings_are_checked(m1_run, extra, fragment):
 def test_m1m2_needs_a_finished_unsupervised_run(m1_run, tmp_path):
     with pytest.raises(VaelabError, match="not a vaelab run directory"):
         vaelab.fit(m1m2_config(tmp_path / "nowhere"), tmp_path / "a", progress=False)
+    with pytest.raises(VaelabError, match="--set data.m1_run=RUN_DIR"):  # a preset's, before the user names M1
+        vaelab.fit(m1m2_config(m1_run, "data.m1_run=null"), tmp_path / "a", progress=False)
     m2 = vaelab.fit(config(), tmp_path / "m2", progress=False)
     with pytest.raises(VaelabError, match="itself semi-supervised"):
         vaelab.fit(m1m2_config(m2), tmp_path / "b", progress=False)

@@ -223,9 +223,8 @@ class Config:
         if data.transform in ("pca", "m1") and (model.encoder == "conv" or model.decoder == "conv"):
             raise VaelabError(f"data.transform={data.transform} gives vectors, not images: use model.encoder=mlp and "
                               f"model.decoder=mlp")
-        if (data.transform == "m1") != bool(data.m1_run):
-            raise VaelabError("data.transform=m1 and data.m1_run go together: data.m1_run names the run directory of "
-                              "the VAE (M1) whose codes are the data")
+        if data.m1_run and data.transform != "m1":  # (a preset leaves data.m1_run to the user: training asks for it)
+            raise VaelabError("data.m1_run names the VAE (M1) whose codes are the data: it needs data.transform=m1")
         if data.transform == "m1" and (model.likelihood != "gaussian" or data.store != "memory"):
             raise VaelabError("data.transform=m1 gives real-valued codes held in memory: use model.likelihood=gaussian "
                               "and data.store=memory")
@@ -301,6 +300,8 @@ class Config:
             raise VaelabError("model.family=m2 trains on its ELBO: set train.objective=elbo")
         if model.variance_l2 > 0:
             raise VaelabError("model.variance_l2 is not used by model.family=m2: set it to 0")
+        if train.free_bits > 0:
+            raise VaelabError("model.family=m2 has no free bits: set train.free_bits=0")
 
     def _validate_family(self) -> None:
         """The model family, its prior, flow and layers (model.family, model.prior, ...)."""
@@ -315,6 +316,9 @@ class Config:
             raise VaelabError("model.flow_hidden must list at least one width for the IAF steps, e.g. [320, 320]")
         for v in model.flow_hidden + model.ladder_dims:
             _at_least("model.flow_hidden and model.ladder_dims entries", v, 1)
+        if model.prior == "vamp" and model.batch_norm:
+            raise VaelabError("model.prior=vamp runs the encoder on its pseudo-inputs at every step, which would mix "
+                              "them into batch norm's statistics: set model.batch_norm=false")
         if model.prior == "vamp" and self.data.transform in ("pca", "m1"):
             raise VaelabError("model.prior=vamp learns pseudo-inputs in image space [0, 1]: use data.transform=scale "
                               "or a binarization, not pca")

@@ -113,6 +113,17 @@ def encode_latents(run, split: str | None = None, limit: int = 10000) -> Latents
                    np.array(activity["var_of_means"]), np.array(activity["active"], dtype=bool), split)
 
 
+def _decoded_as(run) -> str:
+    """What a figure that decodes codes with decode(z) shows beyond z: M2 decodes one class."""
+    return " (decoded as class 0)" if hasattr(run.model, "n_classes") else ""
+
+
+def _grid_note(run) -> str:
+    """A latent grid is of N(0, I) quantiles; said when the prior is another."""
+    prior = run.config.model.prior
+    return "" if prior == "standard-normal" else f" (N(0, I) quantiles; the prior is {prior})"
+
+
 def _decode(run, z: torch.Tensor) -> torch.Tensor:
     return decode_images(run.model, run.transform, z).cpu()
 
@@ -264,12 +275,12 @@ def manifold(run, path, n: int = 20, latents: Latents | None = None) -> Path:
         return _message_figure(path, "Latent manifold", "a 1-D latent has no 2-D manifold")
     if dim == 2:
         dims = (0, 1)
-        title = "2-D latent manifold: decoder means on a grid z = Phi^-1(u)"
+        title = "2-D latent manifold: decoder means on a grid z = Phi^-1(u)" + _grid_note(run) + _decoded_as(run)
     else:
         latents = latents or encode_latents(run)
         dims = tuple(int(d) for d in latents.by_kl[:2])
         title = (f"Latent manifold along z{dims[0]} and z{dims[1]}, the two most active of {dim} "
-                 f"dimensions (others at 0)")
+                 f"dimensions (others at 0)" + _grid_note(run) + _decoded_as(run))
     values, z = manifold_latents(n, dims, dim)
     images = _decode(run, z)
     ticks = sorted(set(np.linspace(0, n - 1, min(n, 6)).round().astype(int)))  # both ends included
@@ -365,7 +376,7 @@ def interpolation(run, path, pairs: int = 5, steps: int = 10, split: str | None 
     rows = torch.cat([_originals(a).unsqueeze(1), decoded, _originals(b).unsqueeze(1)], 1).flatten(0, 1)
     cols = ["A"] + [f"{v:.1f}" for v in t.tolist()] + ["B"]
     return _grid_figure(rows, steps + 2, f"Interpolation between posterior means of {split} image pairs "
-                        f"A and B: z = (1-t) z_A + t z_B", path, col_labels=cols,
+                        f"A and B: z = (1-t) z_A + t z_B{_decoded_as(run)}", path, col_labels=cols,
                         xlabel="original A, decodings for t from 0 to 1, original B")
 
 
@@ -393,7 +404,7 @@ def traversals(run, path, latents: Latents | None = None, steps: int = 11, span:
     active = int(latents.active.sum())
     shown = f"{len(dims)} of {active}" if len(dims) < active else f"all {active}"
     return _grid_figure(images, steps, f"Traversals of {shown} active dimensions (KL per dimension in "
-                        f"brackets); others at the posterior mean of one {latents.split} image", path,
+                        f"brackets); others at the posterior mean of one {latents.split} image{_decoded_as(run)}", path,
                         row_labels=rows, col_labels=cols, xlabel="z value (prior standard deviations)")
 
 

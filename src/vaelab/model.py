@@ -75,6 +75,10 @@ class VAE(nn.Module):
         """q(z|x): the diagonal Gaussian (before any flow steps)."""
         return self._posterior(x)[0]
 
+    def code(self, x: torch.Tensor) -> torch.Tensor:
+        """The code decode() takes at the posterior mean: the mean, through the flow steps if any."""
+        return self._code(*self._posterior(x))
+
     def _posterior(self, x: torch.Tensor) -> tuple[Posterior, torch.Tensor]:
         """The base posterior and the encoder's features h (the flow's context)."""
         h = self.encoder(x)
@@ -173,15 +177,16 @@ class VAE(nn.Module):
                    at_mean: bool = False) -> dict[str, torch.Tensor]:
         """Per-example ELBO, reconstruction (-log p(x|z), one sample) and analytic KL, (B,)
         each; the KL per latent dimension and the posterior means and standard deviations,
-        (B, L); with ``at_mean`` also the decoder's parameters at the posterior mean
+        (B, L) (the means through the flow steps if any: the codes decode() takes); with ``at_mean`` also the decoder's parameters at the posterior mean
         ("params_at_mean": what reconstructions show)."""
         q, h = self._posterior(x)
         z, kl, kl_per_dim = self._kl(q, h, self._noise(q, generator, None))
         recon = -self.likelihood.log_prob(self.decode(z), x)
+        code = self._code(q, h)  # the posterior mean (through a flow): what figures decode
         terms = {"elbo": -(recon + kl), "recon": recon, "kl": kl, "kl_per_dim": kl_per_dim,
-                 "means": q.mean, "stds": q.std}
+                 "means": code, "stds": q.std}
         if at_mean:
-            terms["params_at_mean"] = self.decode(self._code(q, h))
+            terms["params_at_mean"] = self.decode(code)
         return terms
 
     @torch.no_grad()

@@ -227,6 +227,10 @@ class LadderVAE(nn.Module):
         mean, logvar = self._bottom_up(x)[-1]
         return Posterior(mean, logvar)
 
+    def code(self, x: torch.Tensor) -> torch.Tensor:
+        """The code decode() takes: the top layer's posterior mean."""
+        return self.encode(x).mean
+
     def encode_all(self, x: torch.Tensor) -> list[Posterior]:
         """Every layer's posterior, bottom first, each at the posterior means of the layers above."""
         estimates = self._bottom_up(x)
@@ -269,16 +273,21 @@ class LadderVAE(nn.Module):
                   noise: torch.Tensor | None = None) -> LossOutput:
         """The IWAE objective (Burda et al. 2016) with k samples of the whole hierarchy.
 
-        ``noise`` is (k, B, noise_dim). kl and kl_per_dim report the analytic layer KLs averaged
-        over the k samples and the batch.
+        ``noise`` is (k, B, noise_dim). kl_per_dim reports the analytic layer KLs averaged over
+        the k samples and the batch; kl the same, or log q - log p over the samples where the
+        top prior has no closed-form KL.
         """
         estimates = self._bottom_up(x)
         log_w, recon_all, kl_all = self._log_weights(x, estimates, k, generator, noise)
         bound = torch.logsumexp(log_w, 0) - math.log(k)  # (B,)
         kl_per_dim = kl_all.mean((0, 1))
-        return LossOutput(-bound.mean(), recon_all.mean().detach(), kl_per_dim.sum().detach(),
-                          kl_per_dim.detach(), bound.mean().detach(),
-                          self._kl_per_layer(kl_per_dim).detach())
+        per_layer = self._kl_per_layer(kl_per_dim)
+        kl = per_layer.sum()
+        if self.kl_method != "analytic":  # the top layer's KL as log q - log p over the samples, as loss() has it
+            kl = (-log_w - recon_all).mean()
+            per_layer = torch.cat([per_layer[:-1], (kl - per_layer[:-1].sum()).unsqueeze(0)])
+        return LossOutput(-bound.mean(), recon_all.mean().detach(), kl.detach(), kl_per_dim.detach(),
+                          bound.mean().detach(), per_layer.detach())
 
     def _log_weights(self, x: torch.Tensor, estimates, k: int,
                      generator: torch.Generator | None = None, noise: torch.Tensor | None = None,

@@ -8,13 +8,14 @@ continuous style z ~ N(0, I). Inference: a classifier q(y | x) and q(z | x, y).
   a lower bound on log p(x, y).
 - An unlabelled x: U(x) = sum_y q(y|x) L(x, y) + H(q(y|x)), a lower bound on log p(x); the
   sum over classes is exact (every class is decoded).
-- The classifier also learns from the labels directly: alpha * E_labelled[-log q(y|x)], with
-  Kingma's alpha = 0.1 N (N the training images) as train.class_weight = 0.1.
+- The classifier also learns from the labels directly: J^alpha = J + alpha E_labelled[-log q(y|x)]
+  (J the sum of the bounds over the training set), with Kingma's alpha = 0.1 N (N the
+  training images): train.class_weight = alpha / N = 0.1.
 
 A training batch holds unlabelled images (label -1) and labelled ones. With ``weights``
 (w_u, w_l, w_ce) the loss is w_u * mean_unlabelled(-U) + w_l * mean_labelled(-L) +
-w_ce * mean_labelled(-log q(y|x)): with w_u = N_u / N, w_l = N_l / N and w_ce = 0.1 N_l it is
-Kingma's objective J^alpha divided by N, in nats per image.
+w_ce * mean_labelled(-log q(y|x)): with w_u = N_u / N, w_l = N_l / N and w_ce = alpha / N it
+is Kingma's objective J^alpha divided by N, in nats per image.
 
 Evaluation measures log p(x): the ELBO is U(x), and the importance-weighted estimate is
 log sum_y p(y) p^(x | y) with K samples of z per class. ``decode(z)`` draws the first class
@@ -111,7 +112,8 @@ class M2(nn.Module):
              labels: torch.Tensor | None = None, weights: tuple[float, float, float] = (1.0, 1.0, 0.0)) -> LossOutput:
         """Kingma's objective over a batch of unlabelled (label -1) and labelled images; the
         reported recon, KL and ELBO are over the unlabelled ones (all, if none carry labels).
-        ``beta`` weights the KL of z (and of y: the whole KL term); ``free_bits`` is not used."""
+        ``beta`` weights the KL of z (and of y: the whole KL term); free bits are not offered
+        (the config refuses them)."""
         h = self.encoder(x)
         log_qy = self.classify(x)
         eps = self._draw(x, generator, noise)
@@ -187,6 +189,10 @@ class M2(nn.Module):
         """q(z | x, y) at the classifier's most probable class."""
         h = self.encoder(x)
         return self._posterior(h, self.classify(x).argmax(-1))
+
+    def code(self, x: torch.Tensor) -> torch.Tensor:
+        """The code decode() takes at the posterior mean: q(z|x,y)'s mean at the most probable class."""
+        return self.encode(x).mean
 
     def decode(self, z: torch.Tensor, y: torch.Tensor | int = 0) -> torch.Tensor:
         """Decoder parameters of p(x | y, z); y a class index or one per z (default: the first class)."""

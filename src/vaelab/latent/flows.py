@@ -87,7 +87,10 @@ class IAFStep(nn.Module):
 
     def forward(self, z: torch.Tensor, context: torch.Tensor | None = None):
         """(z_new, log_det) with log_det = sum_j log sigma_j, one per example."""
-        m, s = self.made(z, context).unbind(-2)
+        out = self.made(z, context)
+        if out.dtype in (torch.bfloat16, torch.float16):  # autocast: the density stays float32
+            out = out.float()
+        m, s = out.unbind(-2)
         gate = s + self.forget_bias
         # sigmoid(-gate) is 1 - sigma without the cancellation when sigma is near 1.
         z_new = torch.sigmoid(gate) * z + torch.sigmoid(-gate) * m

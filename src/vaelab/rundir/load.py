@@ -107,15 +107,16 @@ class Run:
 
     @torch.no_grad()
     def encode(self, images, batch_size: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
-        """Posterior means and standard deviations of uint8 images (tensor or numpy)."""
+        """Posterior means and standard deviations of uint8 images (tensor or numpy). The means
+        are the codes decode() takes (through a flow's steps; a hierarchy's top layer); the
+        standard deviations are those of the Gaussian posterior q(z|x)."""
         self.model.eval()
         images = self._as_images(images)
         means, stds = [], []
         for start in range(0, len(images), batch_size):
             x = self.transform.fixed(images[start:start + batch_size].to(self.device))
-            q = self.model.encode(x)
-            means.append(q.mean.cpu())
-            stds.append(q.std.cpu())
+            means.append(self.model.code(x).cpu())
+            stds.append(self.model.encode(x).std.cpu())
         return torch.cat(means), torch.cat(stds)
 
     def to_images(self, x: torch.Tensor) -> torch.Tensor:
@@ -198,7 +199,7 @@ def m1_codes(path, device: str = "cpu"):
     path = Path(path) if path else None
     if path is None or not (path / rundir.CONFIG).is_file():
         raise VaelabError(f"data.m1_run={path} is not a vaelab run directory: train M1 first (any unsupervised "
-                          f"vaelab run), then give its folder")
+                          f"vaelab run, e.g. the mnist-m1 preset), then give its folder: --set data.m1_run=RUN_DIR")
     run = load_run(path, device=device)
     if getattr(run.model, "uses_labels", False):
         raise VaelabError(f"data.m1_run={path} is itself semi-supervised: give an unsupervised VAE run (M1)")

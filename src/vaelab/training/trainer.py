@@ -146,6 +146,9 @@ class Trainer:
         # a last batch of one is dropped (batch norm); with several processes, every rank needs one image
         last = 2 if self.dist is None else max(2, self.dist.world)
         self.steps_per_epoch = n // training.batch_size + (1 if n % training.batch_size >= last else 0)
+        if self.steps_per_epoch == 0 and training.epochs > 0 and self.labels is not None:
+            raise VaelabError(f"data.labelled={len(self.labels.labelled)} leaves {n} unlabelled training image(s): too "
+                              f"few for one step; lower data.labelled or raise data.limit")
         if self.steps_per_epoch == 0 and training.epochs > 0:
             raise VaelabError(f"only {n} training image(s) after holding out validation: too few for one step "
                               f"(at least {last} are needed); raise data.limit or lower data.val_fraction")
@@ -240,7 +243,8 @@ class Trainer:
             try:
                 self.load_state(tensors, meta)
             except (RuntimeError, KeyError, ValueError) as exc:
-                raise VaelabError(f"{path} does not match this run's config ({str(exc).splitlines()[0]}); "
+                detail = " ".join(line.strip() for line in str(exc).splitlines()[1:3])[:300] or str(exc)
+                raise VaelabError(f"{path} does not match this run's config ({detail}); "
                                   f"resume with the config the run was started with") from None
             dropped = rundir.truncate_metrics(self.out, self.epoch) if self.is_main else 0
             where = f", step {self._partial['step']} of epoch {self.epoch + 1}" if self._partial else ""
@@ -602,7 +606,8 @@ class SemiSupervised:
         self.targets = data.train_labels.to(device)
         self.seed, self.size = training.seed, training.labelled_batch
         n_l = len(self.labelled)
-        self.weights = (len(self.unlabelled) / n, n_l / n, training.class_weight * n_l)
+        # J^alpha / N = (N_u/N) mean(-U) + (N_l/N) mean(-L) + (alpha/N) mean(-log q(y|x)), alpha / N = class_weight
+        self.weights = (len(self.unlabelled) / n, n_l / n, training.class_weight)
 
     def batch(self, unlabelled_idx: torch.Tensor, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(indices into train: the unlabelled ones then this step's labelled ones, labels)."""
