@@ -104,3 +104,25 @@ def test_nproc_errors_are_one_line(tmp_path, capsys, monkeypatch):
     assert main(["train", "--preset", "demo", "--out", str(tmp_path / "r"), "--nproc", "2"]) == 2
     assert "leave it out under torchrun" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("family", [
+    ["model.family=ladder", "model.ladder_dims=[4]", "model.hidden=[64,32]", "model.prior=vamp",
+     "model.prior_components=5"],
+    ["model.flow_steps=1", "model.flow_hidden=[16]", "model.prior=mog", "model.prior_components=5"],
+], ids=["ladder-vamp", "iaf-mog"])
+def test_families_train_the_same_on_two_processes(family, tmp_path):
+    """The families' noise (every layer's, a flow's) and Monte Carlo KLs shard like the plain VAE's."""
+    single = tmp_path / "single"
+    config = _config(1)
+    config.apply_overrides(family)
+    train(config, single, progress=False)
+    multi = tmp_path / "multi"
+    sets = []
+    for item in family:
+        sets += ["--set", item]
+    _spawn("--preset", "demo", *_cli_sets(1), *sets, "--out", str(multi))
+    reference, first = _rows(single)[0], _rows(multi)[0]
+    for key in ("train_loss", "train_kl", "val_elbo"):
+        assert first[key] == pytest.approx(reference[key], rel=1e-5), key
+    _assert_same_weights(multi, single)
