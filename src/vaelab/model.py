@@ -23,6 +23,7 @@ from .config import ModelConfig
 from .latent.flows import IAF
 from .latent.gaussian import Posterior
 from .latent.priors import StandardNormal, VampPrior, build_prior
+from .importance import chunk_size, log_mean_exp_streamed
 from .likelihoods import likelihood_from_config
 from .nn import build_decoder, build_encoder
 
@@ -199,19 +200,11 @@ class VAE(nn.Module):
         (times the parameter maps) in flight.
         """
         q, h = self._posterior(x)
-        batch = x.shape[0]
         if chunk <= 0:
-            per_sample = batch * (math.prod(self.event_shape) * self.likelihood.n_params
-                                  + self.latent_dim * _prior_components(self.prior))
-            chunk = max(1, min(k, (1 << 22) // max(per_sample, 1)))
-        running = torch.full((batch,), -math.inf, device=x.device, dtype=q.mean.dtype)
-        done = 0
-        while done < k:
-            n = min(chunk, k - done)
-            log_w, _ = self._log_weights(x, q, h, n, generator, log_prob=log_prob)
-            running = torch.logaddexp(running, torch.logsumexp(log_w, 0))
-            done += n
-        return running - math.log(k)
+            chunk = chunk_size(k, x.shape[0] * (math.prod(self.event_shape) * self.likelihood.n_params
+                                                + self.latent_dim * _prior_components(self.prior)))
+        return log_mean_exp_streamed(lambda n: self._log_weights(x, q, h, n, generator, log_prob=log_prob)[0],
+                                     k, chunk, x.shape[0], q.mean)
 
     # -- generation ---------------------------------------------------------------------------
     @torch.no_grad()

@@ -39,6 +39,7 @@ from torch import nn
 
 from vaelab.latent.gaussian import Posterior, diagonal_normal_log_prob
 from vaelab.latent.priors import Prior, StandardNormal, VampPrior, build_prior
+from vaelab.importance import chunk_size, log_mean_exp_streamed
 from vaelab.likelihoods import Likelihood, build_likelihood
 from vaelab.model import LossOutput
 from vaelab.nn.conv import ConvDecoder, ConvEncoder
@@ -341,18 +342,10 @@ class LadderVAE(nn.Module):
         replaces the likelihood's log_prob (e.g. its 8-bit bin mass).
         """
         estimates = self._bottom_up(x)
-        batch = x.shape[0]
         if chunk <= 0:
-            per_sample = batch * math.prod(self.event_shape) * self.likelihood.n_params
-            chunk = max(1, min(k, (1 << 22) // max(per_sample, 1)))
-        running = torch.full((batch,), -math.inf, device=x.device, dtype=estimates[0][0].dtype)
-        done = 0
-        while done < k:
-            n = min(chunk, k - done)
-            log_w = self._log_weights(x, estimates, n, generator, log_prob=log_prob)[0]
-            running = torch.logaddexp(running, torch.logsumexp(log_w, 0))
-            done += n
-        return running - math.log(k)
+            chunk = chunk_size(k, x.shape[0] * math.prod(self.event_shape) * self.likelihood.n_params)
+        return log_mean_exp_streamed(lambda n: self._log_weights(x, estimates, n, generator, log_prob=log_prob)[0],
+                                     k, chunk, x.shape[0], estimates[0][0])
 
     # -- generation ---------------------------------------------------------------------------
     @torch.no_grad()

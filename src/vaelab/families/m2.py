@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..latent.gaussian import Posterior, standard_normal_log_prob
+from ..importance import chunk_size, log_mean_exp_streamed
 from ..likelihoods import likelihood_from_config
 from ..model import LossOutput, _full
 from ..nn import build_decoder, build_encoder
@@ -167,21 +168,17 @@ class M2(nn.Module):
         q = self._posterior(hs, ys)  # (C * B, L)
         rows = xs.shape[0]
         if chunk <= 0:
-            per_sample = rows * math.prod(self.event_shape) * self.likelihood.n_params
-            chunk = max(1, min(k, (1 << 22) // max(per_sample, 1)))
-        running = torch.full((rows,), -math.inf, device=x.device)
-        done = 0
-        while done < k:
-            n = min(chunk, k - done)
+            chunk = chunk_size(k, rows * math.prod(self.event_shape) * self.likelihood.n_params)
+
+        def log_weights(n: int) -> torch.Tensor:
             eps = torch.randn((n, rows, self.latent_dim), generator=generator, device=x.device)
             z = q.mean + q.std * eps
             params = self._params(z.reshape(n * rows, -1), ys.repeat(n))
             x_rep = xs.unsqueeze(0).expand(n, *xs.shape).reshape(n * rows, *xs.shape[1:])
             log_px = (log_prob or self.likelihood.log_prob)(params, x_rep).view(n, rows)
-            log_w = log_px + standard_normal_log_prob(z) - q.log_prob_of_noise(eps)
-            running = torch.logaddexp(running, torch.logsumexp(log_w, 0))
-            done += n
-        per_class = (running - math.log(k)).view(self.n_classes, batch)
+            return log_px + standard_normal_log_prob(z) - q.log_prob_of_noise(eps)
+
+        per_class = log_mean_exp_streamed(log_weights, k, chunk, rows, q.mean).view(self.n_classes, batch)
         return torch.logsumexp(per_class, 0) - math.log(self.n_classes)
 
     # -- codes and images -------------------------------------------------------------------------
