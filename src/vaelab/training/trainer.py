@@ -413,18 +413,8 @@ class Trainer:
         signal stopped it; where it stood is then in self._partial."""
         training, opt, guard = self.config.train, self.optimizer, self.guard
         self.model.train()
-        first, partial, self._partial = 0, self._partial, None
-        if partial is not None:  # resuming mid-epoch: the same order, sums and RNG as before
-            order, sums, first = partial["order"], partial["sums"].clone(), partial["step"]
-            seen, grad_norm_max = partial["seen"], partial["grad_norm_max"]
-        else:
-            pool = len(self.train_images) if self.labels is None else len(self.labels.unlabelled)
-            order = torch.randperm(pool, generator=self.data_gen, device=self.device)
-            sums = torch.zeros(3, device=self.device, dtype=torch.float64)  # loss, recon, KL times images
-            seen, grad_norm_max = 0, 0.0
-        if partial is not None and not self.is_main:  # the sums so far count once, on rank 0
-            sums.zero_()
-            seen = 0
+        partial, self._partial = self._partial, None
+        order, first, sums, seen, grad_norm_max = self._epoch_start(partial)
         bar = self._progress_bar()
         params = list(self.model.parameters())
         # host-side data (a store, or images the device had no room for) is gathered on the
@@ -481,6 +471,20 @@ class Trainer:
         if guard.deferred and self.steps_per_epoch > first:
             seen, grad_norm_max = guard.settle(seen, grad_norm_max, x, beta)
         return self._epoch_row(sums, seen, grad_norm_max, partial)
+
+    def _epoch_start(self, partial: dict | None):
+        """(order, first step, sums, images seen, largest gradient norm) of this epoch: a fresh
+        order, or where an interrupted epoch stood (the same order, sums and RNG as before)."""
+        if partial is not None:
+            sums, seen = partial["sums"].clone(), partial["seen"]
+            if not self.is_main:  # the sums so far count once, on rank 0
+                sums.zero_()
+                seen = 0
+            return partial["order"], partial["step"], sums, seen, partial["grad_norm_max"]
+        pool = len(self.train_images) if self.labels is None else len(self.labels.unlabelled)
+        order = torch.randperm(pool, generator=self.data_gen, device=self.device)
+        sums = torch.zeros(3, device=self.device, dtype=torch.float64)  # loss, recon, KL times images
+        return order, 0, sums, 0, 0.0
 
     def _progress_bar(self):
         if not self.progress:
