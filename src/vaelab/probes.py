@@ -23,7 +23,7 @@ def balanced_indices(labels: np.ndarray, n: int, seed: int = 0, what: str = "--p
     if n < 1:
         raise VaelabError(f"{what} must be at least 1, got {n}")
     if len(known) < n:
-        raise VaelabError(f"{what} {n}: the training images have only {len(known)} with labels"
+        raise VaelabError(f"{what} {n}: the training split has only {len(known)} labelled images"
                           + (" (this dataset has none: use a dataset with labels, or class subfolders)"
                              if len(known) == 0 else ""))
     rng = np.random.default_rng(seed)
