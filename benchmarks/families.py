@@ -41,8 +41,8 @@ class Clock:
     """Trainer callback: evaluations every few minutes of training, off the clock; a stop
     (as SIGINT would ask) once the budget is spent."""
 
-    def __init__(self, test_images, k: int, eval_minutes: float, budget_minutes: float, log):
-        self.test_images, self.k = test_images, k
+    def __init__(self, test_images, test_labels, k: int, eval_minutes: float, budget_minutes: float, log):
+        self.test_images, self.test_labels, self.k = test_images, test_labels, k
         self.eval_seconds, self.budget = eval_minutes * 60, budget_minutes * 60
         self.next_eval = self.eval_seconds
         self.off_clock = 0.0
@@ -59,10 +59,12 @@ class Clock:
     def measure(self, trainer, epoch: int) -> None:
         started = time.perf_counter()
         seconds = self.training_seconds()
-        result = evaluate_model(trainer.model, trainer.data.transform, self.test_images, iw_samples=self.k)
+        result = evaluate_model(trainer.model, trainer.data.transform, self.test_images, iw_samples=self.k,
+                                labels=self.test_labels)
         trainer.model.train()
         self.points.append({"epoch": epoch, "minutes": seconds / 60, "nll_iw": result["nll_iw"],
                             "elbo": result["elbo"], "active_units": result["active_units"],
+                            "class_error": result.get("class_error"),  # a semi-supervised model's
                             "eval_seconds": time.perf_counter() - started})
         self.log(self.points[-1])
         self.off_clock += time.perf_counter() - started
@@ -85,8 +87,10 @@ def cmd_curve(args) -> dict:
     if args.threads:
         config.train.threads = args.threads
     config.validate()
-    images, _ = eval_images(config.data, "test", make_transform(config.data.transform))
-    clock = Clock(images[:args.test_images], args.k, args.eval_minutes, args.minutes,
+    # the stored test images (fitted transforms, PCA or M1 codes, leave them as they are)
+    stored = make_transform("scale" if config.data.transform in ("pca", "m1") else config.data.transform)
+    images, labels = eval_images(config.data, "test", stored)
+    clock = Clock(images[:args.test_images], labels[:args.test_images], args.k, args.eval_minutes, args.minutes,
                   log=lambda p: print(json.dumps(p), flush=True))
     try:
         train(config, args.out, overwrite=True, progress=False, callbacks=[clock])
@@ -95,7 +99,7 @@ def cmd_curve(args) -> dict:
     run = load_run(args.out, which="last")
     started = time.perf_counter()
     final_images = images[:args.final_images] if args.final_images else images
-    final = run.evaluate("test", iw_samples=args.final_k, limit=len(final_images))
+    final = run.evaluate("test", iw_samples=args.final_k, limit=len(final_images))  # (with labels: M2's error)
     final["eval_seconds"] = time.perf_counter() - started
     epochs = clock.points[-1]["epoch"] if clock.points else 0
     return {"preset": args.preset, "set": args.set, "machine": machine(), "budget_minutes": args.minutes,
