@@ -1,0 +1,87 @@
+"""Few labels: M2 against the same classifier trained on the labels alone.
+
+    python benchmarks/few_labels.py --limit 5000 --epochs 10 --labels 100
+
+Trains M2 (the mnist-m2 preset's networks, with --set overrides) on --limit MNIST training
+images of which --labels carry labels; then, in the same process, the same classifier
+network q(y|x) from the same initial weights on the labelled images alone (cross-entropy,
+Adam with the same learning rate, as many steps as M2 took, dynamic binarization as data
+augmentation). Both are scored on the first --test-images test images. Test errors in %.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import base_parser, data_dir, machine  # noqa: E402
+
+from vaelab.families import build_model  # noqa: E402
+from vaelab.prepared_data import prepare_data  # noqa: E402
+from vaelab.presets import load_preset  # noqa: E402
+from vaelab.rundir.load import load_run  # noqa: E402
+from vaelab.training.trainer import train  # noqa: E402
+
+
+def main() -> None:
+    parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--limit", type=int, default=5000)
+    parser.add_argument("--labels", type=int, default=100)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--lr", type=float, default=0.001)
+    parser.add_argument("--test-images", type=int, default=2000)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--out", default="few-labels-run")
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads or 1)
+    config = load_preset("mnist-m2")
+    config.apply_overrides([f"data.limit={args.limit}", f"data.labelled={args.labels}", f"train.epochs={args.epochs}",
+                            f"train.lr={args.lr}", f"train.threads={args.threads or 1}"] + args.set)
+    config.data.data_dir = data_dir(args.data_dir)
+    config.validate()
+
+    start = time.perf_counter()
+    run = load_run(train(config, args.out, overwrite=True, progress=False, callbacks=[]))
+    m2_seconds = time.perf_counter() - start
+    images, labels = run.images("test")
+    images, labels = images[:args.test_images], labels[:args.test_images]
+    m2_error = run.evaluate("test", iw_samples=0, limit=args.test_images)["class_error"]
+
+    # the same classifier network, from M2's initial weights, on the labelled images alone
+    data = prepare_data(config.data, seed=config.train.seed)
+    torch.manual_seed(config.train.seed)
+    alone = build_model(config.model, data.event_shape)
+    params = list(alone.classifier.parameters()) + list(alone.classifier_head.parameters())
+    optimizer = torch.optim.Adam(params, lr=args.lr)
+    x_l, y_l = data.train[data.labelled], data.train_labels[data.labelled]
+    steps = args.epochs * -(-(len(data.train) - args.labels) // config.train.batch_size)
+    generator = torch.Generator().manual_seed(0)
+    start = time.perf_counter()
+    for _ in range(steps):
+        loss = F.nll_loss(alone.classify(data.transform(x_l, generator=generator)), y_l)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    alone_seconds = time.perf_counter() - start
+    with torch.no_grad():
+        predicted = alone.classify(run.transform.fixed(images)).argmax(-1)
+    alone_error = float((predicted != labels).float().mean())
+    result = {"machine": machine(), "limit": args.limit, "labels": args.labels, "epochs": args.epochs,
+              "lr": args.lr, "set": args.set, "steps": steps, "test_images": len(images),
+              "m2_error_pct": 100 * m2_error, "m2_seconds": m2_seconds,
+              "classifier_alone_error_pct": 100 * alone_error, "classifier_alone_seconds": alone_seconds}
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
