@@ -214,3 +214,23 @@ def test_bad_family_settings_are_one_clear_error(overrides, fragment):
         config.apply_overrides(overrides)
         config.validate()
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_bf16_autocast_keeps_the_bounds_in_float32(variant):
+    """Networks in bfloat16, distributions in float32: the loss and the IW bound stay float32
+    and close to their float32 values."""
+    config = config_for(variant)
+    torch.manual_seed(0)
+    model = build_model(config.model, (1, 28, 28))
+    x = torch.bernoulli(torch.full((8, 1, 28, 28), 0.2))
+    labels = torch.tensor([-1] * 6 + [3, 5]) if getattr(model, "uses_labels", False) else None
+    kwargs = {"labels": labels, "weights": (0.9, 0.1, 0.1)} if labels is not None else {}
+    noise = torch.randn(8, model.noise_dim)
+    full = model.loss(x, noise=noise, **kwargs)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        half = model.loss(x, noise=noise, **kwargs)
+        bound = model.log_likelihood(x, 4, generator=torch.Generator().manual_seed(0))
+    assert half.loss.dtype == torch.float32 and bound.dtype == torch.float32
+    assert torch.isfinite(half.loss) and torch.isfinite(bound).all()
+    assert abs(float(half.loss) - float(full.loss)) < 0.02 * abs(float(full.loss)) + 1.0
