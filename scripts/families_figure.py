@@ -27,7 +27,9 @@ def main() -> None:
         points = result["points"]
         label = result["preset"]
         ax.plot([p["minutes"] for p in points], [p["nll_iw"] for p in points], marker="o", label=label)
-        final = result["final"]
+        final = result.get("final")
+        if not final:  # the final estimate not (yet) made: the curve alone
+            continue
         ax.scatter([points[-1]["minutes"]], [final["nll_iw"]], marker="*", s=120, zorder=3)
         ax.annotate(f"{final['nll_iw']:.2f} (K={final['iw_samples']}, {final['n_images']:,} images)",
                     (points[-1]["minutes"], final["nll_iw"]), textcoords="offset points", xytext=(-10, -16),
