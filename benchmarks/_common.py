@@ -54,6 +54,16 @@ def machine() -> str:
             f"{datetime.date.today().isoformat()}; load average {load:.2f} at start")
 
 
+def report(result: dict, json_path: str | None) -> None:
+    """Print a benchmark's result as JSON, and write it to ``json_path`` when given."""
+    import json
+
+    text = json.dumps(result, indent=2)
+    print(text)
+    if json_path:
+        Path(json_path).write_text(text + "\n")
+
+
 def sync(device: torch.device | str) -> None:
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import base_parser, data_dir, machine  # noqa: E402
+from _common import base_parser, data_dir, machine, report  # noqa: E402
 
 from vaelab.config import Config  # noqa: E402
 from vaelab.evaluate import evaluate_model  # noqa: E402
@@ -175,11 +175,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    result = cmd_curve(args) if args.command == "curve" else cmd_throughput(args)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
+    report(cmd_curve(args) if args.command == "curve" else cmd_throughput(args), args.json)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ augmentation). Both are scored on the first --test-images test images. Test erro
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import base_parser, data_dir, machine  # noqa: E402
+from _common import base_parser, data_dir, machine, report  # noqa: E402
 
 from vaelab.families import build_model  # noqa: E402
 from vaelab.prepared_data import prepare_data  # noqa: E402
@@ -77,10 +76,7 @@ def main() -> None:
               "lr": args.lr, "set": args.set, "steps": steps, "test_images": len(images),
               "m2_error_pct": 100 * m2_error, "m2_seconds": m2_seconds,
               "classifier_alone_error_pct": 100 * alone_error, "classifier_alone_seconds": alone_seconds}
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
+    report(result, args.json)
 
 
 if __name__ == "__main__":
