@@ -171,6 +171,26 @@ def test_vamp_gradients_reach_pseudo_inputs_and_encoder():
         assert p.grad is not None and p.grad.abs().sum() > 0
 
 
+def test_vamp_held_encodes_once_and_changes_nothing():
+    prior, encoder = bound_vamp()
+    calls = []
+    prior.bind(lambda u: calls.append(1) or encoder(u))
+    z = torch.randn(6, L, generator=gen(9))
+    with torch.no_grad():
+        plain = [prior.log_prob(z) for _ in range(3)]
+        assert len(calls) == 3
+        with prior.held():
+            held = [prior.log_prob(z) for _ in range(3)]
+        assert len(calls) == 4  # once for the whole block
+        assert prior.log_prob(z) is not None and len(calls) == 5  # released after it
+    for a, b in zip(plain, held):
+        assert torch.equal(a, b)
+    with prior.held():  # under autograd nothing is held: gradients must reach the encoder
+        prior.log_prob(z).sum().backward()
+        prior.log_prob(z).sum().backward()
+    assert len(calls) == 7 and prior.pseudo_inputs.grad is not None
+
+
 def test_vamp_sample_moments_and_reproducible():
     prior, encoder = bound_vamp(k=4)
     with torch.no_grad():

@@ -204,8 +204,9 @@ class VAE(nn.Module):
             # a mixture prior's log-density holds one value per component and sample (matrix products)
             chunk = chunk_size(k, x.shape[0] * (math.prod(self.event_shape) * self.likelihood.n_params
                                                 + _prior_components(self.prior)))
-        return log_mean_exp_streamed(lambda n: self._log_weights(x, q, h, n, generator, log_prob=log_prob)[0],
-                                     k, chunk, x.shape[0], q.mean)
+        with self.prior.held():
+            return log_mean_exp_streamed(lambda n: self._log_weights(x, q, h, n, generator, log_prob=log_prob)[0],
+                                         k, chunk, x.shape[0], q.mean)
 
     # -- generation ---------------------------------------------------------------------------
     @torch.no_grad()

@@ -344,8 +344,9 @@ class LadderVAE(nn.Module):
         estimates = self._bottom_up(x)
         if chunk <= 0:
             chunk = chunk_size(k, x.shape[0] * math.prod(self.event_shape) * self.likelihood.n_params)
-        return log_mean_exp_streamed(lambda n: self._log_weights(x, estimates, n, generator, log_prob=log_prob)[0],
-                                     k, chunk, x.shape[0], estimates[0][0])
+        with self.prior.held():
+            return log_mean_exp_streamed(lambda n: self._log_weights(x, estimates, n, generator, log_prob=log_prob)[0],
+                                         k, chunk, x.shape[0], estimates[0][0])
 
     # -- generation ---------------------------------------------------------------------------
     @torch.no_grad()

@@ -11,8 +11,9 @@ KL to q(z|x): callers use the one-sample estimate log q(z|x) - log p(z) (``analy
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -68,6 +69,12 @@ class Prior(nn.Module):
     def sample(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
         """n codes drawn from p(z), (n, L)."""
         raise NotImplementedError
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator["Prior"]:
+        """Within this block the prior's parameters are taken as constant (no gradient), so a
+        prior that derives its density from other networks may compute it once."""
+        yield self
 
     def kl(self, q: Posterior) -> torch.Tensor:
         """Analytic KL(q(z|x) || p(z)) per latent dimension, (B, L)."""
@@ -144,6 +151,7 @@ class VampPrior(Prior):
         shape = (int(n_pseudo), *tuple(event_shape))
         self.pseudo_inputs = nn.Parameter(torch.randn(shape) * init_std + init_mean)
         self.__dict__["_encode"] = None  # kept out of nn.Module's registries on purpose
+        self.__dict__["_held"] = None  # the components while ``held()``: see there
 
     def bind(self, encode: Callable[[torch.Tensor], Posterior]) -> "VampPrior":
         """Use ``encode`` (x -> Posterior) as q(z|x); returns self."""
@@ -154,8 +162,24 @@ class VampPrior(Prior):
     def n_pseudo(self) -> int:
         return self.pseudo_inputs.shape[0]
 
+    @contextlib.contextmanager
+    def held(self) -> Iterator["VampPrior"]:
+        """Encode the pseudo-inputs once for the whole block (an IW evaluation would otherwise
+        re-encode them for every chunk of samples). Only without gradients: under autograd the
+        components must stay part of the graph."""
+        if torch.is_grad_enabled() or self.__dict__["_held"] is not None:
+            yield self
+            return
+        self.__dict__["_held"] = self.components()
+        try:
+            yield self
+        finally:
+            self.__dict__["_held"] = None
+
     def components(self) -> Posterior:
         """q(z|u_k) for every pseudo-input, a Posterior of (K, L)."""
+        if self.__dict__["_held"] is not None:
+            return self.__dict__["_held"]
         encode = self.__dict__["_encode"]
         if encode is None:
             raise RuntimeError("VampPrior is not bound to an encoder: call bind(encode) first")
