@@ -106,12 +106,11 @@ def test_nproc_errors_are_one_line(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "r").exists()
 
 
-# (a ladder with a VampPrior top trained the same here too, but on a fresh install its
-# two-process run exited with status 250, "terminate called without an active exception",
-# after writing its run directory: left out until that is understood; issue 13's note)
 @pytest.mark.parametrize("family", [
     ["model.flow_steps=1", "model.flow_hidden=[16]", "model.prior=mog", "model.prior_components=5"],
-], ids=["iaf-mog"])
+    ["model.family=ladder", "model.ladder_dims=[4]", "model.hidden=[64,32]", "model.prior=vamp",
+     "model.prior_components=5"],
+], ids=["iaf-mog", "ladder-vamp"])
 def test_families_train_the_same_on_two_processes(family, tmp_path):
     """A flow's noise and a Monte Carlo KL shard like the plain VAE's."""
     single = tmp_path / "single"
@@ -127,3 +126,24 @@ def test_families_train_the_same_on_two_processes(family, tmp_path):
     for key in ("train_loss", "train_kl", "val_elbo"):
         assert first[key] == pytest.approx(reference[key], rel=1e-5), key
     _assert_same_weights(multi, single)
+
+
+def test_leave_destroys_only_the_group_vaelab_joined(monkeypatch):
+    """train() leaves the group that distributed.init() created, never a caller's own."""
+    import torch.distributed as dist
+
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(distributed._free_port()))
+    dist.init_process_group("gloo", rank=0, world_size=1)  # the caller's own group
+    try:
+        distributed.leave(finished=True)
+        assert dist.is_initialized()
+    finally:
+        dist.destroy_process_group()
+    monkeypatch.setattr(distributed, "launched", lambda: True)
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    distributed.init("cpu")  # vaelab's own group
+    assert dist.is_initialized()
+    distributed.leave(finished=True)
+    assert not dist.is_initialized()

@@ -81,11 +81,28 @@ def init(device: str = "auto") -> Context | None:
         if use_cuda:
             torch.cuda.set_device(local_rank)
         dist.init_process_group("nccl" if use_cuda else "gloo")
+        _joined[0] = True
     return context()
 
 
-def shutdown() -> None:
-    if dist.is_available() and dist.is_initialized():
+_joined = [False]  # whether init() created the process group (a caller's own group is left alone)
+
+
+def leave(finished: bool) -> None:
+    """Leave the process group that init() joined, if it did.
+
+    After a barrier when this rank finished, so that no rank tears down its connections while
+    another still uses them; without an explicit destroy, gloo's threads are torn down at
+    interpreter exit, and a worker could abort there (SIGABRT, "terminate called without an
+    active exception") after its run was written. On an error: at once, without waiting.
+    """
+    if not _joined[0] or not (dist.is_available() and dist.is_initialized()):
+        return
+    _joined[0] = False
+    try:
+        if finished:
+            dist.barrier()
+    finally:
         dist.destroy_process_group()
 
 

@@ -693,6 +693,17 @@ def train(config: Config, out: str | Path, resume: bool = False, overwrite: bool
         raise VaelabError(f"{out} is a file, not a run directory: give --out a folder (new, or with "
                           f"--overwrite an old run directory)")
     ctx = distributed.init(config.train.device)  # several processes (torchrun): join them first
+    finished = False
+    try:
+        out = _train_as_rank(config, out, ctx, resume, overwrite, progress, callbacks)
+        finished = True
+        return out
+    finally:
+        distributed.leave(finished)
+
+
+def _train_as_rank(config: Config, out: Path, ctx, resume: bool, overwrite: bool, progress: bool,
+                   callbacks) -> Path:
     if resume:
         if not (out / rundir.CONFIG).exists():
             raise VaelabError(f"cannot resume: {out} is not a vaelab run directory (no {rundir.CONFIG})")
