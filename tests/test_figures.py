@@ -276,6 +276,31 @@ def test_progress_grids_decode_the_fixed_noise_each_epoch(run2d, tmp_path):
     assert write_progress_gif(tmp_path) is None  # no grids, no GIF
 
 
+def test_progress_codes_come_from_the_model_prior():
+    """Under a learned prior the grids show the same draw of that prior, never N(0, I) codes."""
+    from vaelab.families import build_model
+
+    def model(prior):
+        c = Config()
+        c.apply_overrides(["model.latent_dim=3", "model.hidden=[8]", f"model.prior={prior}",
+                           "model.prior_components=4"])
+        torch.manual_seed(0)
+        return build_model(c.validate().model, (1, 4, 4))
+
+    plain = model("standard-normal")
+    assert torch.equal(cb.fixed_codes(plain, 5), cb.fixed_noise(3, 5))
+    for prior in ("mog", "vamp"):
+        m = model(prior)
+        state = torch.random.get_rng_state()
+        z = cb.fixed_codes(m, 5)
+        assert torch.equal(torch.random.get_rng_state(), state)  # training's RNG is left alone
+        reference = m.prior.sample(5, generator=torch.Generator().manual_seed(cb.NOISE_SEED), device="cpu")
+        assert torch.equal(z, reference) and torch.equal(cb.fixed_codes(m, 5), z)
+        with torch.no_grad():
+            m.prior.pseudo_inputs.add_(0.3) if prior == "vamp" else m.prior.means.add_(0.3)
+        assert not torch.equal(cb.fixed_codes(m, 5), z)  # the prior as it is now
+
+
 def test_training_time_outputs_do_not_change_training(run2d, tmp_path_factory):
     plain = load_run(tiny_run(tmp_path_factory, "2d-plain"))
     def strip(rows):  # everything but the wall-clock timings

@@ -27,6 +27,23 @@ def fixed_noise(latent_dim: int, n: int = GRID_IMAGES, seed: int = NOISE_SEED) -
     return torch.randn((n, latent_dim), generator=torch.Generator().manual_seed(seed))
 
 
+@torch.no_grad()
+def fixed_codes(model, n: int = GRID_IMAGES, seed: int = NOISE_SEED) -> torch.Tensor:
+    """The codes a progress grid decodes: the fixed noise under an N(0, I) prior; under a learned
+    prior (mixture, VampPrior) the same draw of it as it is now (component choices and noise
+    from ``seed``), so every frame shows the model's own samples, not N(0, I) codes it may
+    never see."""
+    prior = getattr(model, "prior", None)
+    if prior is None or getattr(prior, "name", "standard-normal") == "standard-normal":
+        return fixed_noise(model.latent_dim, n, seed)
+    was_training = model.training
+    model.eval()  # a VampPrior encodes its pseudo-inputs: batch norm in evaluation mode
+    try:
+        return prior.sample(n, generator=torch.Generator().manual_seed(seed), device="cpu").float()
+    finally:
+        model.train(was_training)
+
+
 def monitor_images(trainer):
     """The images training-time checks look at: the validation images, or the training
     images when none are held out."""
@@ -47,10 +64,8 @@ class ProgressGrids:
         if every < 1:
             raise VaelabError(f"sample grids need an interval of at least 1 epoch, got {every}")
         self.every, self.n = every, n
-        self.z = None
 
     def on_train_start(self, trainer) -> None:
-        self.z = fixed_noise(trainer.model.latent_dim, self.n)
         (trainer.out / PROGRESS_DIR).mkdir(exist_ok=True)
 
     def on_epoch_end(self, trainer, row: dict) -> None:
@@ -58,7 +73,7 @@ class ProgressGrids:
             return
         from ..imagegrid import save_grid
 
-        images = decode_images(trainer.model, trainer.data.transform, self.z)
+        images = decode_images(trainer.model, trainer.data.transform, fixed_codes(trainer.model, self.n))
         save_grid(images, trainer.out / PROGRESS_DIR / f"epoch-{trainer.epoch:04d}.png",
                   nrow=int(math.ceil(math.sqrt(self.n))))
         write_progress_gif(trainer.out)
@@ -82,7 +97,7 @@ class StepStats:
         if every < 1:
             raise VaelabError(f"step statistics need an interval of at least 1 step, got {every}")
         self.every, self.n = every, n
-        self.x = self.z = None
+        self.x = None
 
     def on_train_start(self, trainer) -> None:
         folder = trainer.out / PROGRESS_DIR
@@ -90,7 +105,6 @@ class StepStats:
         images = monitor_images(trainer)
         device = next(trainer.model.parameters()).device
         self.x = trainer.data.transform.fixed(images[:STEP_BATCH].to(device))
-        self.z = fixed_noise(trainer.model.latent_dim, self.n)
         # a resumed run rewrites what came after its checkpoint: drop those lines
         done = trainer.epoch * trainer.steps_per_epoch + (trainer._partial or {}).get("step", 0)
         kept = [r for r in read_step_stats(trainer.out) if r["step"] <= done]
@@ -120,7 +134,7 @@ class StepStats:
             model.train(was_training)
         with open(trainer.out / PROGRESS_DIR / STEPS_FILE, "a") as f:
             f.write(json.dumps(row) + "\n")
-        save_grid(decode_images(model, trainer.data.transform, self.z),
+        save_grid(decode_images(model, trainer.data.transform, fixed_codes(model, self.n)),
                   trainer.out / PROGRESS_DIR / f"step-{step:07d}.png", nrow=int(math.ceil(math.sqrt(self.n))))
 
 
@@ -151,13 +165,11 @@ class TensorBoardLogger:
         self._writer_class = SummaryWriter
         self.image_every, self.n = max(1, image_every), n
         self.writer = None
-        self.z = None
 
     def on_train_start(self, trainer) -> None:
         # on resume, events logged after the checkpoint's epoch are dropped, not duplicated
         purge = trainer.epoch + 1 if trainer.resume else None
         self.writer = self._writer_class(log_dir=str(trainer.out / TENSORBOARD_DIR), purge_step=purge)
-        self.z = fixed_noise(trainer.model.latent_dim, self.n)
 
     def on_epoch_end(self, trainer, row: dict) -> None:
         from ..imagegrid import make_grid
@@ -172,7 +184,7 @@ class TensorBoardLogger:
                 for i, kl in enumerate(value):
                     self.writer.add_scalar(f"kl_per_dim/z{i:03d}", kl, step)
         if _due(step, self.image_every, trainer.config.train.epochs):
-            grid = make_grid(decode_images(trainer.model, trainer.data.transform, self.z),
+            grid = make_grid(decode_images(trainer.model, trainer.data.transform, fixed_codes(trainer.model, self.n)),
                              nrow=int(math.ceil(math.sqrt(self.n))))
             self.writer.add_image("samples/fixed_noise", grid, step, dataformats="HW" if grid.ndim == 2 else "HWC")
         self.writer.flush()
