@@ -1,12 +1,14 @@
 """Few labels: M2 against the same classifier trained on the labels alone.
 
     python benchmarks/few_labels.py --limit 5000 --epochs 10 --labels 100
+    python benchmarks/few_labels.py --preset mnist-m1m2 --set data.m1_run=RUN_DIR ...
 
-Trains M2 (the mnist-m2 preset's networks, with --set overrides) on --limit MNIST training
+Trains M2 (the --preset's networks, mnist-m2 unless given, with --set overrides; for
+mnist-m1m2, on the codes of the M1 run named by data.m1_run) on --limit MNIST training
 images of which --labels carry labels; then, in the same process, the same classifier
 network q(y|x) from the same initial weights on the labelled images alone (cross-entropy,
-Adam with the same learning rate, as many steps as M2 took, dynamic binarization as data
-augmentation). Both are scored on the first --test-images test images. Test errors in %.
+Adam with the same learning rate, as many steps as M2 took, with the training transform's
+draws as data augmentation: dynamic binarization, or M1's posterior draws). Both are scored on the first --test-images test images. Test errors in %.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from vaelab.training.trainer import train  # noqa: E402
 
 def main() -> None:
     parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="mnist-m2")
     parser.add_argument("--limit", type=int, default=5000)
     parser.add_argument("--labels", type=int, default=100)
     parser.add_argument("--epochs", type=int, default=10)
@@ -40,7 +43,7 @@ def main() -> None:
     parser.add_argument("--json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads or 1)
-    config = load_preset("mnist-m2")
+    config = load_preset(args.preset)
     config.apply_overrides([f"data.limit={args.limit}", f"data.labelled={args.labels}", f"train.epochs={args.epochs}",
                             f"train.lr={args.lr}", f"train.threads={args.threads or 1}"] + args.set)
     config.data.data_dir = data_dir(args.data_dir)
@@ -54,7 +57,7 @@ def main() -> None:
     m2_error = run.evaluate("test", iw_samples=0, limit=args.test_images)["class_error"]
 
     # the same classifier network, from M2's initial weights, on the labelled images alone
-    data = prepare_data(config.data, seed=config.train.seed)
+    data = prepare_data(config.data, seed=config.train.seed, transform=run.transform)  # M1's codes too
     torch.manual_seed(config.train.seed)
     alone = build_model(config.model, data.event_shape)
     params = list(alone.classifier.parameters()) + list(alone.classifier_head.parameters())
@@ -72,7 +75,7 @@ def main() -> None:
     with torch.no_grad():
         predicted = alone.classify(run.transform.fixed(images)).argmax(-1)
     alone_error = float((predicted != labels).float().mean())
-    result = {"machine": machine(), "limit": args.limit, "labels": args.labels, "epochs": args.epochs,
+    result = {"machine": machine(), "preset": args.preset, "limit": args.limit, "labels": args.labels, "epochs": args.epochs,
               "lr": args.lr, "set": args.set, "steps": steps, "test_images": len(images),
               "m2_error_pct": 100 * m2_error, "m2_seconds": m2_seconds,
               "classifier_alone_error_pct": 100 * alone_error, "classifier_alone_seconds": alone_seconds}
