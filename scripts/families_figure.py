@@ -1,6 +1,8 @@
-"""The nats-against-minutes figure of docs/reproductions.md from benchmarks/families.py's JSON.
+"""The against-minutes figures of docs/reproductions.md from benchmarks/families.py's JSON:
+test nats (families) or test classification error (M2, M1+M2) against training minutes.
 
     python scripts/families_figure.py A.json B.json ... --out docs/images/families-time-to-quality.png
+    python scripts/families_figure.py m1m2.json --metric class_error --targets 3.33 --out docs/images/m1m2-error.png
 """
 
 from __future__ import annotations
@@ -14,33 +16,51 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+# what each metric is called on the axis and in the title; error is plotted in %
+METRICS = {
+    "nll_iw": ("test -log p(x), nats/image", "Time to quality, dynamically binarized MNIST\n"
+               "(lines: K=1000 on the first 2,000 test images; stars: the final estimate)", 1.0),
+    "class_error": ("test classification error, %", "Few labels: test error against training minutes\n"
+                    "(each point: all evaluated test images)", 100.0),
+}
+
+
+def _label(result: dict, metric: str, final: dict) -> str:
+    if metric == "nll_iw":
+        return f"{final['nll_iw']:.2f} (K={final['iw_samples']}, {final['n_images']:,} images)"
+    return f"{100 * final['class_error']:.2f} % ({final['n_images']:,} images)"
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", nargs="+")
     parser.add_argument("--out", required=True)
-    parser.add_argument("--targets", default="84,82", help="horizontal lines, nats")
+    parser.add_argument("--metric", choices=sorted(METRICS), default="nll_iw")
+    parser.add_argument("--targets", default=None, help="horizontal lines (default: 84,82 nats; none for error)")
+    parser.add_argument("--labels", default=None, help="comma-separated legend labels (default: the presets)")
     args = parser.parse_args()
+    ylabel, title, scale = METRICS[args.metric]
+    targets = args.targets if args.targets is not None else ("84,82" if args.metric == "nll_iw" else "")
+    labels = args.labels.split(",") if args.labels else []
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=100)
-    for path in args.results:
+    for i, path in enumerate(args.results):
         result = json.loads(Path(path).read_text())
-        points = result["points"]
-        label = result["preset"]
-        ax.plot([p["minutes"] for p in points], [p["nll_iw"] for p in points], marker="o", label=label)
+        points = [p for p in result["points"] if p.get(args.metric) is not None]
+        label = labels[i] if i < len(labels) else result["preset"]
+        ax.plot([p["minutes"] for p in points], [scale * p[args.metric] for p in points], marker="o", label=label)
         final = result.get("final")
-        if not final:  # the final estimate not (yet) made: the curve alone
+        if not final or final.get(args.metric) is None:  # the final estimate not (yet) made: the curve alone
             continue
-        ax.scatter([points[-1]["minutes"]], [final["nll_iw"]], marker="*", s=120, zorder=3)
-        ax.annotate(f"{final['nll_iw']:.2f} (K={final['iw_samples']}, {final['n_images']:,} images)",
-                    (points[-1]["minutes"], final["nll_iw"]), textcoords="offset points", xytext=(-10, -16),
-                    ha="right", fontsize=8)
-    for target in (float(t) for t in args.targets.split(",") if t):
+        y = scale * final[args.metric]
+        ax.scatter([points[-1]["minutes"]], [y], marker="*", s=120, zorder=3)
+        ax.annotate(_label(result, args.metric, final), (points[-1]["minutes"], y), textcoords="offset points",
+                    xytext=(-10, 8 if args.metric == "class_error" else -16), ha="right", fontsize=8)
+    for target in (float(t) for t in targets.split(",") if t):
         ax.axhline(target, color="grey", linestyle=":", linewidth=1)
         ax.text(ax.get_xlim()[0], target, f" target {target:g}", va="bottom", fontsize=8, color="grey")
-    ax.set_xlabel("training minutes on the clock (one CPU thread, two runs sharing two cores)")
-    ax.set_ylabel("test -log p(x), nats/image")
-    ax.set_title("Time to quality, dynamically binarized MNIST\n(lines: K=1000 on the first 2,000 test images; "
-                 "stars: the final estimate)", fontsize=10)
+    ax.set_xlabel("training minutes on the clock (one CPU thread on a shared 2-core machine)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
