@@ -119,10 +119,11 @@ def lat_kl_reference(lat) -> np.ndarray:
 
 
 def test_manifold_grid_goes_through_the_prior_inverse_cdf():
-    values, z = figures.manifold_latents(4, (1, 3), latent_dim=5)
+    values, rows, z = figures.manifold_latents(4, (1, 3), latent_dim=5)
     from scipy.stats import norm
 
     np.testing.assert_allclose(values, norm.ppf([0.125, 0.375, 0.625, 0.875]))
+    np.testing.assert_allclose(rows, values)
     grid = z.view(4, 4, 5)
     # columns move the first named dimension left to right, rows the second from top (high) to bottom
     np.testing.assert_allclose(grid[0, :, 1].numpy(), values, rtol=1e-6)
@@ -130,14 +131,31 @@ def test_manifold_grid_goes_through_the_prior_inverse_cdf():
     assert float(grid[..., [0, 2, 4]].abs().max()) == 0.0
 
 
+def test_manifold_of_a_learned_prior_goes_through_its_own_quantiles():
+    """A mixture prior far from N(0, I): the grid sits in its equal-probability cells."""
+    generator = torch.Generator().manual_seed(0)
+    draws = torch.cat([torch.randn(3000, 3, generator=generator) * 0.1 + 5.0,
+                       torch.randn(1000, 3, generator=generator) * 0.1 - 5.0])
+    draws[:, 2] = draws[:, 2] * 3  # another scale on the row dimension
+    cols, rows, z = figures.manifold_latents(4, (0, 2), latent_dim=3, prior_draws=draws)
+    u = [0.125, 0.375, 0.625, 0.875]
+    np.testing.assert_allclose(cols, np.quantile(draws[:, 0].double().numpy(), u))
+    np.testing.assert_allclose(rows, np.quantile(draws[:, 2].double().numpy(), u))
+    assert cols[0] < -4 and cols[1] > 4  # a quarter of the mass sits at -5, the rest at +5
+    grid = z.view(4, 4, 3)
+    np.testing.assert_allclose(grid[0, :, 0].numpy(), cols, rtol=1e-6)
+    np.testing.assert_allclose(grid[:, 0, 2].numpy(), rows[::-1], rtol=1e-6)
+    assert torch.allclose(grid[..., 1], draws[:, 1].mean())  # the other dimension at the prior's centre
+
+
 def test_manifold_of_a_larger_latent_uses_the_two_most_informative_dims(run4d, tmp_path, monkeypatch):
     lat = figures.encode_latents(run4d)
     seen = {}
     real = figures.manifold_latents
 
-    def spy(n, dims, latent_dim):
+    def spy(n, dims, latent_dim, prior_draws=None):
         seen["dims"] = dims
-        return real(n, dims, latent_dim)
+        return real(n, dims, latent_dim, prior_draws)
 
     monkeypatch.setattr(figures, "manifold_latents", spy)
     figures.manifold(run4d, tmp_path / "m.png", n=5, latents=lat)

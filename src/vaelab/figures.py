@@ -38,7 +38,7 @@ FIGURES: dict[str, tuple[str, str]] = {
                         "(lower row)."),
     "analogies": ("Posterior samples (analogies)", "Each row: a held-out image, then decodings of independent "
                   "samples z ~ q(z|x): what the code keeps of the image and what it leaves to chance."),
-    "manifold": ("Latent manifold", "Decoder means over a grid of z through the prior's inverse CDF."),
+    "manifold": ("Latent manifold", "Decoder means over a grid of z through the prior's inverse CDF (a learned prior's: from its draws)."),
     "latent_space": ("Latent space", "Posterior means of held-out images, coloured by label."),
     "interpolation": ("Interpolation", "Decodings along the straight line between the posterior means of two "
                       "held-out images (originals at both ends)."),
@@ -116,12 +116,6 @@ def encode_latents(run, split: str | None = None, limit: int = 10000) -> Latents
 def _decoded_as(run) -> str:
     """What a figure that decodes codes with decode(z) shows beyond z: M2 decodes one class."""
     return " (decoded as class 0)" if hasattr(run.model, "n_classes") else ""
-
-
-def _grid_note(run) -> str:
-    """A latent grid is of N(0, I) quantiles; said when the prior is another."""
-    prior = run.config.model.prior
-    return "" if prior == "standard-normal" else f" (N(0, I) quantiles; the prior is {prior})"
 
 
 def _decode(run, z: torch.Tensor) -> torch.Tensor:
@@ -250,38 +244,71 @@ def analogies(run, path, n_rows: int = 8, n_samples: int = 8, split: str | None 
                         f"z ~ q(z|x)", path, col_labels=cols, xlabel="original, then posterior samples 1, 2, ...")
 
 
-def manifold_latents(n: int, dims: tuple[int, int], latent_dim: int) -> tuple[np.ndarray, torch.Tensor]:
-    """The grid values Phi^-1(u), u at the centres of n equal-probability cells, and the
-    n*n latent vectors in row-major order: columns move dims[0] left to right, rows move
-    dims[1] from high (top) to low; every other dimension stays at 0."""
+def manifold_latents(n: int, dims: tuple[int, int], latent_dim: int, prior_draws: torch.Tensor | None = None
+                     ) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+    """The grid values F^-1(u) of dims[0] and of dims[1], u at the centres of n
+    equal-probability cells, and the n*n latent vectors in row-major order: columns move
+    dims[0] left to right, rows move dims[1] from high (top) to low; every other dimension
+    stays at the prior's centre.
+
+    F is N(0, 1)'s CDF (the centre 0), or, given ``prior_draws`` (m, L) of a learned prior,
+    the empirical CDF of each dimension's draws (the centre their mean): equal-probability
+    cells of the prior the model was trained with, not of N(0, I)."""
     from scipy.stats import norm
 
-    values = norm.ppf((np.arange(n) + 0.5) / n)
-    z = torch.zeros((n * n, latent_dim))
-    cols = torch.as_tensor(values, dtype=torch.float32)
+    u = (np.arange(n) + 0.5) / n
+    if prior_draws is None:
+        per_dim = {d: norm.ppf(u) for d in dims}
+        z = torch.zeros((n * n, latent_dim))
+    else:
+        draws = prior_draws.double().cpu().numpy()
+        per_dim = {d: np.quantile(draws[:, d], u) for d in dims}
+        z = torch.as_tensor(draws.mean(0), dtype=torch.float32).repeat(n * n, 1)
+    cols = torch.as_tensor(per_dim[dims[0]], dtype=torch.float32)
+    rows = torch.as_tensor(per_dim[dims[1]], dtype=torch.float32)
     z[:, dims[0]] = cols.repeat(n)
-    z[:, dims[1]] = cols.flip(0).repeat_interleave(n)
-    return values, z
+    z[:, dims[1]] = rows.flip(0).repeat_interleave(n)
+    return per_dim[dims[0]], per_dim[dims[1]], z
+
+
+PRIOR_DRAWS = 20000  # a learned prior's draws whose quantiles place the manifold's grid
+
+
+def _learned_prior_draws(run) -> torch.Tensor | None:
+    """Draws of a learned prior (mixture, VampPrior) for the manifold's quantiles; None for N(0, I)."""
+    prior = getattr(run.model, "prior", None)
+    if prior is None or getattr(prior, "name", "standard-normal") == "standard-normal":
+        return None
+    run.model.eval()
+    with torch.no_grad():
+        return prior.sample(PRIOR_DRAWS, generator=torch.Generator().manual_seed(0), device="cpu")
 
 
 def manifold(run, path, n: int = 20, latents: Latents | None = None) -> Path:
-    """Decoder means over an n x n grid of z = Phi^-1(u), u evenly spaced in (0, 1).
+    """Decoder means over an n x n grid of z = F^-1(u), u evenly spaced in (0, 1), F the
+    prior's marginal CDF per dimension (N(0, 1), or a learned prior's, from its draws).
 
     A 2-D latent is the whole manifold; a larger one is shown along its two most active
-    dimensions (largest KL), the others held at the prior mean 0.
+    dimensions (largest KL), the others held at the prior's centre.
     """
     dim = run.config.model.latent_dim
     if dim < 2:
         return _message_figure(path, "Latent manifold", "a 1-D latent has no 2-D manifold")
+    draws = _learned_prior_draws(run)
+    if draws is None:
+        grid, unit = "z = Phi^-1(u)", "prior standard deviations"
+    else:
+        grid = f"z = F^-1(u), F the {run.config.model.prior} prior's marginals ({PRIOR_DRAWS:,} draws)"
+        unit = "quantiles of the prior's draws"
     if dim == 2:
         dims = (0, 1)
-        title = "2-D latent manifold: decoder means on a grid z = Phi^-1(u)" + _grid_note(run) + _decoded_as(run)
+        title = f"2-D latent manifold: decoder means on a grid {grid}" + _decoded_as(run)
     else:
         latents = latents or encode_latents(run)
         dims = tuple(int(d) for d in latents.by_kl[:2])
         title = (f"Latent manifold along z{dims[0]} and z{dims[1]}, the two most active of {dim} "
-                 f"dimensions (others at 0)" + _grid_note(run) + _decoded_as(run))
-    values, z = manifold_latents(n, dims, dim)
+                 f"dimensions (others at the prior's centre), {grid}" + _decoded_as(run))
+    values, rows, z = manifold_latents(n, dims, dim, draws)
     images = _decode(run, z)
     ticks = sorted(set(np.linspace(0, n - 1, min(n, 6)).round().astype(int)))  # both ends included
     fig = _new_figure(7.5, 7.8)
@@ -289,10 +316,10 @@ def manifold(run, path, n: int = 20, latents: Latents | None = None) -> Path:
     h, w = _show_grid(ax, images, n)
     centres = [1 + k * (w + 1) + w / 2 - 0.5 for k in range(n)]
     ax.set_xticks([centres[k] for k in ticks], labels=[f"{values[k]:.2f}" for k in ticks])
-    ax.set_yticks([centres[k] for k in ticks], labels=[f"{values[n - 1 - k]:.2f}" for k in ticks])
+    ax.set_yticks([centres[k] for k in ticks], labels=[f"{rows[n - 1 - k]:.2f}" for k in ticks])
     ax.tick_params(length=3)
-    ax.set_xlabel(f"z{dims[0]} (prior standard deviations)")
-    ax.set_ylabel(f"z{dims[1]} (prior standard deviations)")
+    ax.set_xlabel(f"z{dims[0]} ({unit})")
+    ax.set_ylabel(f"z{dims[1]} ({unit})")
     _title(ax, title)
     return _save(fig, path)
 
