@@ -38,7 +38,8 @@ FIGURES: dict[str, tuple[str, str]] = {
                         "(lower row)."),
     "analogies": ("Posterior samples (analogies)", "Each row: a held-out image, then decodings of independent "
                   "samples z ~ q(z|x): what the code keeps of the image and what it leaves to chance."),
-    "manifold": ("Latent manifold", "Decoder means over a grid of z through the prior's inverse CDF (a learned prior's: from its draws)."),
+    "manifold": ("Latent manifold", "Decoder means over a grid of z through the prior's inverse CDF "
+                 "(a learned prior's: from its draws)."),
     "latent_space": ("Latent space", "Posterior means of held-out images, coloured by label."),
     "interpolation": ("Interpolation", "Decodings along the straight line between the posterior means of two "
                       "held-out images (originals at both ends)."),
