@@ -110,9 +110,11 @@ def test_nproc_errors_are_one_line(tmp_path, capsys, monkeypatch):
     ["model.flow_steps=1", "model.flow_hidden=[16]", "model.prior=mog", "model.prior_components=5"],
     ["model.family=ladder", "model.ladder_dims=[4]", "model.hidden=[64,32]", "model.prior=vamp",
      "model.prior_components=5"],
-], ids=["iaf-mog", "ladder-vamp"])
+    # labelled images join every batch after the unlabelled ones: the shards hold different mixes
+    ["model.family=m2", "data.labelled=50", "train.labelled_batch=12", "train.class_weight=3"],
+], ids=["iaf-mog", "ladder-vamp", "m2"])
 def test_families_train_the_same_on_two_processes(family, tmp_path):
-    """A flow's noise and a Monte Carlo KL shard like the plain VAE's."""
+    """A flow's noise, a Monte Carlo KL and M2's labelled images shard like the plain VAE's."""
     single = tmp_path / "single"
     config = _config(1)
     config.apply_overrides(family)
@@ -125,7 +127,10 @@ def test_families_train_the_same_on_two_processes(family, tmp_path):
     reference, first = _rows(single)[0], _rows(multi)[0]
     for key in ("train_loss", "train_kl", "val_elbo"):
         assert first[key] == pytest.approx(reference[key], rel=1e-5), key
-    _assert_same_weights(multi, single)
+    # M2's classifier sees border pixels whose gradients are a few times Adam's eps: there the
+    # float32 sums' order (one process or two) moves a step by ~1 % of the learning rate.
+    # In float64 the sharded gradient is exact (tests/test_semi_supervised.py).
+    _assert_same_weights(multi, single, atol=5e-5 if "model.family=m2" in family else 1e-5)
 
 
 def test_leave_destroys_only_the_group_vaelab_joined(monkeypatch):

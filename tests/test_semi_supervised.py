@@ -76,6 +76,32 @@ def test_labelled_bound_and_loss_weights():
     assert float(out.loss.detach()) == pytest.approx(float(0.25 * (-unl).mean() + 0.5 * (-lab).mean() + 3.0 * ce), rel=1e-5)
 
 
+def test_shards_of_a_batch_add_up_to_the_whole_batch():
+    """DDP: each process takes a contiguous shard (here the labelled images all land in the
+    second) and the whole batch's counts; weighted by shard size, the shards' losses, reported
+    numbers and gradients are the whole batch's (float64, so only the math is tested)."""
+    torch.manual_seed(0)
+    model = build_model(config().model, (1, 4, 4)).double()
+    x = torch.bernoulli(torch.full((23, 1, 4, 4), 0.3)).double()
+    labels = torch.full((23,), -1)
+    labels[-7:] = torch.arange(7)
+    noise = torch.randn(23, 3).double()
+    weights = (0.8, 0.2, 3.0)
+    whole = model.loss(x, noise=noise, labels=labels, weights=weights)
+    whole.loss.backward()
+    expected = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    sums = torch.zeros(4, dtype=torch.float64)
+    for part in (slice(0, 8), slice(8, 16), slice(16, 23)):  # the last shard: 7 labelled images only
+        out = model.loss(x[part], noise=noise[part], labels=labels[part], weights=weights, counts=(16, 7))
+        size = part.stop - part.start
+        (out.loss * size / 23).backward()
+        sums += torch.stack([out.loss.detach(), out.recon, out.kl, out.elbo]) * size / 23
+    torch.testing.assert_close(sums, torch.stack([whole.loss.detach(), whole.recon, whole.kl, whole.elbo]))
+    for got, want in zip([p.grad for p in model.parameters()], expected):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
 def test_importance_weighted_likelihood_sums_over_classes():
     """K samples per class; at large K it bounds the ELBO from above and agrees across seeds."""
     model = tiny_model()

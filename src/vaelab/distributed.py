@@ -15,7 +15,9 @@ What each rank does, and why the result equals one process with the same global 
   the noise each example sees do not depend on the number of ranks.
 - Each rank's loss is the mean over its shard; it is weighted by shard / (global / world)
   before backward, so DDP's gradient average is exactly the global batch mean even when
-  the last batch splits unevenly.
+  the last batch splits unevenly. A semi-supervised batch (unlabelled images, then the
+  labelled ones) is sharded the same way; M2 takes the whole batch's counts of each kind,
+  so its means are the whole batch's whichever mix a shard holds.
 - Training sums are all-reduced at the end of each epoch; validation runs on every rank
   and rank 0's result is broadcast, so early stopping and LR schedules decide the same
   everywhere. Only rank 0 writes the run directory.
@@ -140,8 +142,8 @@ class _Objective(nn.Module):
         super().__init__()
         self.vae = vae
 
-    def forward(self, x, beta: float, train, noise):
-        return training_loss(self.vae, x, beta, train, noise=noise)
+    def forward(self, x, beta: float, train, noise, labels=None, weights=None, counts=None):
+        return training_loss(self.vae, x, beta, train, noise=noise, labels=labels, weights=weights, counts=counts)
 
 
 class DataParallel:
@@ -152,15 +154,22 @@ class DataParallel:
         ids = [device.index if device.index is not None else ctx.local_rank] if device.type == "cuda" else None
         self.ddp = nn.parallel.DistributedDataParallel(_Objective(model), device_ids=ids)
 
-    def loss(self, x: torch.Tensor, beta: float, t):
-        """(local x, LossOutput on the shard, the tensor to call backward on)."""
+    def loss(self, x: torch.Tensor, beta: float, t, labels: torch.Tensor | None = None,
+             weights: tuple[float, float, float] | None = None):
+        """(local x, LossOutput on the shard, the tensor to call backward on). A semi-supervised
+        model's ``labels`` (-1: unlabelled) are sharded with the images; it is told the whole
+        batch's counts, and returns its values per image of the shard as every model does."""
         batch = x.shape[0]
         # the noise of the whole global batch, drawn as one process would, then sliced
         noise = torch.randn(noise_shape(self.model, t, batch), device=x.device, dtype=torch.float32)
         part = shard(batch, self.ctx)
         local = x[part]
         noise = noise[:, part] if t.objective == "iwae" else noise[part]
-        out = self.ddp(local, beta, t, noise)
+        if labels is None:
+            out = self.ddp(local, beta, t, noise)
+        else:
+            n_l = int((labels >= 0).sum())
+            out = self.ddp(local, beta, t, noise, labels[part], weights, (batch - n_l, n_l))
         # DDP averages over ranks; this weight turns that into the mean over the global batch
         weight = local.shape[0] * self.ctx.world / batch
         return local, out, out.loss * weight

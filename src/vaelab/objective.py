@@ -8,13 +8,16 @@ import torch
 
 
 def training_loss(model, x: torch.Tensor, beta: float, train, noise: torch.Tensor | None = None,
-                  labels: torch.Tensor | None = None, weights: tuple[float, float, float] | None = None):
+                  labels: torch.Tensor | None = None, weights: tuple[float, float, float] | None = None,
+                  counts: tuple[int, int] | None = None):
     """The model's LossOutput under ``train`` (a TrainConfig); ``noise`` supplies the
     standard-normal draws (shape ``noise_shape``), else the model draws its own. A
-    semi-supervised model also takes the batch's ``labels`` (-1: unlabelled) and the
-    ``weights`` of its unlabelled, labelled and classification terms."""
+    semi-supervised model also takes the batch's ``labels`` (-1: unlabelled), the ``weights``
+    of its unlabelled, labelled and classification terms, and, when ``x`` is one process's
+    shard of a batch, the whole batch's ``counts`` of unlabelled and labelled images."""
     if labels is not None:
-        return model.loss(x, beta=beta, free_bits=train.free_bits, noise=noise, labels=labels, weights=weights)
+        return model.loss(x, beta=beta, free_bits=train.free_bits, noise=noise, labels=labels, weights=weights,
+                          counts=counts)
     if train.objective == "iwae":
         return model.iwae_loss(x, train.iw_samples, noise=noise)
     return model.loss(x, beta=beta, free_bits=train.free_bits, noise=noise)

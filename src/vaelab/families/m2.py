@@ -110,33 +110,47 @@ class M2(nn.Module):
 
     def loss(self, x: torch.Tensor, beta: float = 1.0, free_bits: float = 0.0,
              generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
-             labels: torch.Tensor | None = None, weights: tuple[float, float, float] = (1.0, 1.0, 0.0)) -> LossOutput:
+             labels: torch.Tensor | None = None, weights: tuple[float, float, float] = (1.0, 1.0, 0.0),
+             counts: tuple[int, int] | None = None) -> LossOutput:
         """Kingma's objective over a batch of unlabelled (label -1) and labelled images; the
         reported recon, KL and ELBO are over the unlabelled ones (all, if none carry labels).
         ``beta`` weights the KL of z (and of y: the whole KL term); free bits are not offered
-        (the config refuses them)."""
+        (the config refuses them).
+
+        ``counts`` (unlabelled, labelled) are the whole batch's when ``x`` is one process's
+        shard of it (DDP): the means are then over the whole batch, and every value comes back
+        per image of the shard (times whole / shard), so the shards' values weighted by their
+        sizes add up to the whole batch's, as for every other model."""
         h = self.encoder(x)
         log_qy = self.classify(x)
         eps = self._draw(x, generator, noise)
         labels = labels if labels is not None else torch.full((x.shape[0],), -1, device=x.device)
         known = labels >= 0
-        loss = x.new_zeros((), dtype=torch.float32)
-        w_u, w_l, w_ce = weights
         unl = ~known
-        if unl.any():
+        here_u, here_l = int(unl.sum()), int(known.sum())
+        n_u, n_l = counts if counts is not None else (here_u, here_l)
+        w_u, w_l, w_ce = weights
+        loss = x.new_zeros((), dtype=torch.float32)
+        report = None  # sums of (recon, KL, KL per dim), and over how many images of the whole batch
+        if here_u:
             bound, recon, kl, kl_per_dim = self._unlabelled(x[unl], h[unl], eps[unl], log_qy[unl])
-            loss = loss + w_u * (recon + beta * kl).mean()
-            report = (recon, kl, kl_per_dim)
-        if known.any():
+            loss = loss + w_u * (recon + beta * kl).sum() / n_u
+            report = (recon, kl, kl_per_dim, n_u)
+        if here_l:
             bound_l, recon_l, kl_l, _ = self._labelled(x[known], h[known], labels[known], eps[known])
             kl_total = kl_l.sum(-1) + math.log(self.n_classes)
-            loss = loss + w_l * (recon_l + beta * kl_total).mean()
-            loss = loss + w_ce * F.nll_loss(log_qy[known], labels[known])
-            if not unl.any():
-                report = (recon_l, kl_total, kl_l)
-        recon, kl, kl_per_dim = report
-        return LossOutput(loss, recon.mean().detach(), kl.mean().detach(), kl_per_dim.mean(0).detach(),
-                          (-(recon + kl)).mean().detach())
+            loss = loss + (w_l * (recon_l + beta * kl_total).sum()
+                           + w_ce * F.nll_loss(log_qy[known], labels[known], reduction="sum")) / n_l
+            if not n_u:
+                report = (recon_l, kl_total, kl_l, n_l)
+        scale = (n_u + n_l) / x.shape[0]  # 1 unless x is a shard
+        if report is None:  # a shard with labelled images only, of a batch with unlabelled ones
+            zero = loss.detach() * 0
+            return LossOutput(loss * scale, zero, zero, x.new_zeros(self.latent_dim), zero)
+        recon, kl, kl_per_dim, n = report
+        per = scale / n
+        return LossOutput(loss * scale, recon.sum().detach() * per, kl.sum().detach() * per,
+                          kl_per_dim.sum(0).detach() * per, (-(recon + kl)).sum().detach() * per)
 
     def iwae_loss(self, x, k, generator=None, noise=None):
         raise NotImplementedError("M2 trains on its ELBO (train.objective=elbo)")

@@ -139,8 +139,6 @@ class Trainer:
         self.rollbacks = 0  # consecutive rollbacks without a completed epoch
         self._partial = None  # where an interrupted epoch stands (order, step, partial sums)
         self.labels = SemiSupervised(self.data, training, self.device) if getattr(self.model, "uses_labels", False) else None
-        if self.labels is not None and self.dist is not None:
-            raise VaelabError("semi-supervised training (model.family=m2) runs in one process: leave out --nproc")
         # an epoch passes once over the images trained on without labels (all, for other models)
         n = len(self.train_images) if self.labels is None else len(self.labels.unlabelled)
         # a last batch of one is dropped (batch norm); with several processes, every rank needs one image
@@ -434,11 +432,11 @@ class Trainer:
                 return None
             x, beta, labels = self._batch(batch_order, step)
             with self._autocast():
+                weights = self.labels.weights if self.labels else None
                 if self.parallel is not None:  # this rank's shard of the global batch, through DDP
-                    x, out, objective = self.parallel.loss(x, beta, training)
+                    x, out, objective = self.parallel.loss(x, beta, training, labels=labels, weights=weights)
                 else:
-                    out = training_loss(self.model, x, beta, training, labels=labels,
-                                        weights=self.labels.weights if self.labels else None)
+                    out = training_loss(self.model, x, beta, training, labels=labels, weights=weights)
                     objective = out.loss
             opt.zero_grad(set_to_none=True)
             if not guard.loss_ok(out, x, beta, self.parallel is not None):
