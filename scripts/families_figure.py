@@ -37,11 +37,11 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--metric", choices=sorted(METRICS), default="nll_iw")
     parser.add_argument("--targets", default=None, help="horizontal lines (default: 84,82 nats; none for error)")
-    parser.add_argument("--labels", default=None, help="comma-separated legend labels (default: the presets)")
+    parser.add_argument("--labels", default=None, help="legend labels separated by | (default: the presets)")
     args = parser.parse_args()
     ylabel, title, scale = METRICS[args.metric]
     targets = args.targets if args.targets is not None else ("84,82" if args.metric == "nll_iw" else "")
-    labels = args.labels.split(",") if args.labels else []
+    labels = args.labels.split("|") if args.labels else []
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=100)
     for i, path in enumerate(args.results):
         result = json.loads(Path(path).read_text())
