@@ -278,7 +278,7 @@ PRIOR_DRAWS = 20000  # a learned prior's draws whose quantiles place the manifol
 def _learned_prior_draws(run) -> torch.Tensor | None:
     """Draws of a learned prior (mixture, VampPrior) for the manifold's quantiles; None for N(0, I)."""
     prior = getattr(run.model, "prior", None)
-    if prior is None or getattr(prior, "name", "standard-normal") == "standard-normal":
+    if prior is None or not prior.learned:
         return None
     run.model.eval()
     with torch.no_grad():

@@ -55,6 +55,7 @@ class Prior(nn.Module):
 
     name: str = ""
     analytic_kl: bool = False
+    learned: bool = True  # its density is trained: figures draw from it rather than from N(0, I)
 
     def __init__(self, latent_dim: int):
         super().__init__()
@@ -90,6 +91,7 @@ class StandardNormal(Prior):
 
     name = "standard-normal"
     analytic_kl = True
+    learned = False
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         return standard_normal_log_prob(z)

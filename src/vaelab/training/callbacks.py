@@ -34,7 +34,7 @@ def fixed_codes(model, n: int = GRID_IMAGES, seed: int = NOISE_SEED) -> torch.Te
     from ``seed``), so every frame shows the model's own samples, not N(0, I) codes it may
     never see."""
     prior = getattr(model, "prior", None)
-    if prior is None or getattr(prior, "name", "standard-normal") == "standard-normal":
+    if prior is None or not prior.learned:
         return fixed_noise(model.latent_dim, n, seed)
     was_training = model.training
     model.eval()  # a VampPrior encodes its pseudo-inputs: batch norm in evaluation mode
