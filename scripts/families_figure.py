@@ -54,7 +54,7 @@ def main() -> None:
         y = scale * final[args.metric]
         ax.scatter([points[-1]["minutes"]], [y], marker="*", s=120, zorder=3)
         ax.annotate(_label(result, args.metric, final), (points[-1]["minutes"], y), textcoords="offset points",
-                    xytext=(-10, 8 if args.metric == "class_error" else -16), ha="right", fontsize=8)
+                    xytext=(-10, -16), ha="right", fontsize=8)
     for target in (float(t) for t in targets.split(",") if t):
         ax.axhline(target, color="grey", linestyle=":", linewidth=1)
         ax.text(ax.get_xlim()[0], target, f" target {target:g}", va="bottom", fontsize=8, color="grey")
