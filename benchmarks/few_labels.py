@@ -8,7 +8,8 @@ mnist-m1m2, on the codes of the M1 run named by data.m1_run) on --limit MNIST tr
 images of which --labels carry labels; then, in the same process, the same classifier
 network q(y|x) from the same initial weights on the labelled images alone (cross-entropy,
 Adam with the same learning rate, as many steps as M2 took, with the training transform's
-draws as data augmentation: dynamic binarization, or M1's posterior draws). Both are scored on the first --test-images test images. Test errors in %.
+draws as data augmentation: dynamic binarization, or M1's posterior draws). Both are scored
+on the first --test-images test images. Test errors in %.
 """
 
 from __future__ import annotations

@@ -83,11 +83,12 @@ def init(device: str = "auto") -> Context | None:
         if use_cuda:
             torch.cuda.set_device(local_rank)
         dist.init_process_group("nccl" if use_cuda else "gloo")
-        _joined[0] = True
+        global _joined
+        _joined = True
     return context()
 
 
-_joined = [False]  # whether init() created the process group (a caller's own group is left alone)
+_joined = False  # whether init() created the process group (a caller's own group is left alone)
 
 
 def leave(finished: bool) -> None:
@@ -98,9 +99,10 @@ def leave(finished: bool) -> None:
     interpreter exit, and a worker could abort there (SIGABRT, "terminate called without an
     active exception") after its run was written. On an error: at once, without waiting.
     """
-    if not _joined[0] or not (dist.is_available() and dist.is_initialized()):
+    global _joined
+    if not _joined or not (dist.is_available() and dist.is_initialized()):
         return
-    _joined[0] = False
+    _joined = False
     try:
         if finished:
             dist.barrier()
@@ -168,7 +170,7 @@ class DataParallel:
         if labels is None:
             out = self.ddp(local, beta, t, noise)
         else:
-            n_l = int((labels >= 0).sum())
+            n_l = t.labelled_batch  # every step appends this many labelled images (no device sync)
             out = self.ddp(local, beta, t, noise, labels[part], weights, (batch - n_l, n_l))
         # DDP averages over ranks; this weight turns that into the mean over the global batch
         weight = local.shape[0] * self.ctx.world / batch

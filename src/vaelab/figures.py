@@ -25,6 +25,7 @@ from .errors import VaelabError
 from .imagegrid import make_grid
 from .images import decode_images
 from .imagegrid import paired_rows
+from .latent.priors import learned_prior_draws
 from .rundir.progress import PROGRESS_DIR, PROGRESS_GIF, progress_frames, read_step_stats, write_progress_gif
 
 DPI = 100
@@ -275,16 +276,6 @@ def manifold_latents(n: int, dims: tuple[int, int], latent_dim: int, prior_draws
 PRIOR_DRAWS = 20000  # a learned prior's draws whose quantiles place the manifold's grid
 
 
-def _learned_prior_draws(run) -> torch.Tensor | None:
-    """Draws of a learned prior (mixture, VampPrior) for the manifold's quantiles; None for N(0, I)."""
-    prior = getattr(run.model, "prior", None)
-    if prior is None or not prior.learned:
-        return None
-    run.model.eval()
-    with torch.no_grad():
-        return prior.sample(PRIOR_DRAWS, generator=torch.Generator().manual_seed(0), device="cpu")
-
-
 def manifold(run, path, n: int = 20, latents: Latents | None = None) -> Path:
     """Decoder means over an n x n grid of z = F^-1(u), u evenly spaced in (0, 1), F the
     prior's marginal CDF per dimension (N(0, 1), or a learned prior's, from its draws).
@@ -295,7 +286,7 @@ def manifold(run, path, n: int = 20, latents: Latents | None = None) -> Path:
     dim = run.config.model.latent_dim
     if dim < 2:
         return _message_figure(path, "Latent manifold", "a 1-D latent has no 2-D manifold")
-    draws = _learned_prior_draws(run)
+    draws = learned_prior_draws(run.model, PRIOR_DRAWS, seed=0)
     if draws is None:
         grid, unit = "z = Phi^-1(u)", "prior standard deviations"
     else:

@@ -208,6 +208,22 @@ class VampPrior(Prior):
                 f"event_shape={tuple(self.pseudo_inputs.shape[1:])}")
 
 
+@torch.no_grad()
+def learned_prior_draws(model, n: int, seed: int) -> torch.Tensor | None:
+    """n draws (CPU, float32) of ``model``'s learned prior from a generator of their own, the
+    model in evaluation mode meanwhile (a VampPrior encodes its pseudo-inputs); None when its
+    prior is N(0, I) or it has none. Figures and progress grids draw their codes here."""
+    prior = getattr(model, "prior", None)
+    if prior is None or not prior.learned:
+        return None
+    was_training = model.training
+    model.eval()
+    try:
+        return prior.sample(n, generator=torch.Generator().manual_seed(seed), device="cpu").float()
+    finally:
+        model.train(was_training)
+
+
 _CLASSES: dict[str, type[Prior]] = {
     "standard-normal": StandardNormal,
     "mog": MixtureOfGaussians,

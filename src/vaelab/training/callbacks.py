@@ -15,6 +15,7 @@ from ..diagnostics import latent_spread
 from ..errors import VaelabError
 from ..evaluate import active_units
 from ..images import decode_images
+from ..latent.priors import learned_prior_draws
 from ..rundir.progress import PROGRESS_DIR, STEPS_FILE, read_step_stats, write_progress_gif
 
 TENSORBOARD_DIR = "tensorboard"
@@ -33,15 +34,8 @@ def fixed_codes(model, n: int = GRID_IMAGES, seed: int = NOISE_SEED) -> torch.Te
     prior (mixture, VampPrior) the same draw of it as it is now (component choices and noise
     from ``seed``), so every frame shows the model's own samples, not N(0, I) codes it may
     never see."""
-    prior = getattr(model, "prior", None)
-    if prior is None or not prior.learned:
-        return fixed_noise(model.latent_dim, n, seed)
-    was_training = model.training
-    model.eval()  # a VampPrior encodes its pseudo-inputs: batch norm in evaluation mode
-    try:
-        return prior.sample(n, generator=torch.Generator().manual_seed(seed), device="cpu").float()
-    finally:
-        model.train(was_training)
+    z = learned_prior_draws(model, n, seed)
+    return fixed_noise(model.latent_dim, n, seed) if z is None else z
 
 
 def monitor_images(trainer):
