@@ -343,7 +343,7 @@ class Config:
 
     # -- files --------------------------------------------------------------------------
     def save(self, path: Path) -> None:
-        from .rundir import atomic_write_bytes
+        from .atomicio import atomic_write_bytes
 
         atomic_write_bytes(Path(path), (json.dumps(self.to_dict(), indent=2) + "\n").encode())
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vaelab.errors import VaelabError
+from .errors import VaelabError
 
 LIKELIHOODS = (
     "bernoulli",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vaelab.errors import VaelabError
+from ..errors import VaelabError
 
 from .idx import load_pair
 

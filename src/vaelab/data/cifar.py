@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vaelab.errors import VaelabError
+from ..errors import VaelabError
 
 from ._text import reason
 from .download import safe_extract_tar, tar_member_names

@@ -9,7 +9,7 @@ from typing import Callable
 
 import numpy as np
 
-from vaelab.errors import VaelabError
+from ..errors import VaelabError
 
 from . import builtin, cifar, folder, idx, svhn
 from . import download as _dl

@@ -13,7 +13,7 @@ import urllib.request
 import zlib
 from pathlib import Path, PurePosixPath
 
-from vaelab.errors import VaelabError
+from ..errors import VaelabError
 
 from ._text import reason
 

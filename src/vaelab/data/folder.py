@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vaelab.errors import VaelabError
+from ..errors import VaelabError
 
 from ._text import reason
 from .convert import square_resize

@@ -28,7 +28,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from vaelab.errors import VaelabError
+from ..errors import VaelabError
 
 from .download import file_digest
 
@@ -100,7 +100,7 @@ def write_store(folder: Path, shape: tuple[int, ...], chunks: Iterable[tuple[np.
     manifest = dict(info, format=FORMAT, shape=[int(v) for v in shape],
                     **{f"{key}_bytes": (folder / f"{key}.npy").stat().st_size for key in ("images", "labels")},
                     **{f"{key}_sha256": file_digest(folder / f"{key}.npy", "sha256") for key in ("images", "labels")})
-    from vaelab.rundir import atomic_write_bytes
+    from ..atomicio import atomic_write_bytes
 
     atomic_write_bytes(folder / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
     return folder

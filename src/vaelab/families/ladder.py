@@ -37,13 +37,13 @@ import numbers
 import torch
 from torch import nn
 
-from vaelab.latent.gaussian import Posterior, diagonal_normal_log_prob
-from vaelab.latent.priors import Prior, StandardNormal, VampPrior, build_prior
-from vaelab.importance import chunk_size, log_mean_exp_streamed
-from vaelab.likelihoods import Likelihood, build_likelihood
-from vaelab.model import LossOutput
-from vaelab.nn.conv import ConvDecoder, ConvEncoder
-from vaelab.nn.mlp import MLPDecoder, MLPEncoder, mlp_layers
+from ..latent.gaussian import Posterior, diagonal_normal_log_prob
+from ..latent.priors import Prior, StandardNormal, VampPrior, build_prior
+from ..importance import chunk_size, log_mean_exp_streamed
+from ..likelihoods import Likelihood, build_likelihood
+from ..model import LossOutput
+from ..nn.conv import ConvDecoder, ConvEncoder
+from ..nn.mlp import MLPDecoder, MLPEncoder, mlp_layers
 
 NETWORKS = ("mlp", "conv")
 

@@ -18,8 +18,8 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from vaelab.errors import VaelabError
-from vaelab.latent.gaussian import LOG_2PI, Posterior, standard_normal_log_prob
+from ..errors import VaelabError
+from .gaussian import LOG_2PI, Posterior, standard_normal_log_prob
 
 
 def mixture_log_prob(z: torch.Tensor, means: torch.Tensor, logvars: torch.Tensor,

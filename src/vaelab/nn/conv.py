@@ -13,9 +13,9 @@ import numbers
 import torch
 from torch import Tensor, nn
 
-from vaelab.errors import VaelabError
-from vaelab.nn.init import he_init
-from vaelab.nn.layers import ACTIVATIONS, activation_layer
+from ..errors import VaelabError
+from .init import he_init
+from .layers import ACTIVATIONS, activation_layer
 
 __all__ = ["ACTIVATIONS", "ConvDecoder", "ConvEncoder", "activation_layer", "conv_output_sizes"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from vaelab.errors import VaelabError
+from ..errors import VaelabError
 
 _FACTORIES = {
     "relu": nn.ReLU,

@@ -17,7 +17,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from ..errors import VaelabError
-from . import atomic_write_bytes
+from ..atomicio import atomic_write_bytes
 
 FORMAT = "vaelab-checkpoint-2"
 FORMAT_V1 = "vaelab-checkpoint-1"  # digest over the tensors only; still read
