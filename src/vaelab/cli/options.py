@@ -94,7 +94,12 @@ def config_from_args(args):
         raise VaelabError("--resume continues a run with its own config.json: leave out --preset/--config "
                           "(change single keys with --set)")
     if args.resume and not (Path(args.resume) / "config.json").is_file():
-        raise VaelabError(f"cannot resume {args.resume}: it is not a vaelab run directory (no config.json)")
+        from ..training.replace import is_dead_end
+
+        started = Path(args.resume).is_dir() and is_dead_end(Path(args.resume))
+        raise VaelabError(f"cannot resume {args.resume}: it is not a vaelab run directory (no config.json)" +
+                          ("; it holds only what a run killed while starting leaves: start that run again "
+                           "with --out instead of --resume" if started else ""))
     if args.preset:
         config = load_preset(args.preset)
     elif args.config:

@@ -35,6 +35,7 @@ from ..rundir import checkpoint as ckpt
 from ..rundir.load import m1_codes
 from ..version import __version__
 from .nan_guard import NanGuard, RolledBack
+from .replace import Replacement, is_dead_end, restore_interrupted
 from .schedules import EarlyStopping, KLSchedule, load_lr_state, make_lr_scheduler
 
 VAL_NOISE_SEED = 1234  # validation uses its own generator: it never moves training's RNG
@@ -702,42 +703,39 @@ def train(config: Config, out: str | Path, resume: bool = False, overwrite: bool
 
 def _train_as_rank(config: Config, out: Path, ctx, resume: bool, overwrite: bool, progress: bool,
                    callbacks) -> Path:
+    main = ctx is None or ctx.is_main
+    if main:
+        restore_interrupted(out)  # a killed --overwrite put its old run aside: back it comes
+    replacement = None
     if resume:
         if not (out / rundir.CONFIG).exists():
-            raise VaelabError(f"cannot resume: {out} is not a vaelab run directory (no {rundir.CONFIG})")
-    elif out.exists() and any(out.iterdir()):
+            hint = (": it holds only what a run killed while starting leaves; start it again without --resume"
+                    if out.is_dir() and is_dead_end(out) else "")
+            raise VaelabError(f"cannot resume: {out} is not a vaelab run directory (no {rundir.CONFIG}){hint}")
+    elif out.exists() and not is_dead_end(out):
         if not overwrite:
             raise VaelabError(f"{out} already exists and is not empty: pass --overwrite to replace it, "
                               f"--resume to continue it, or choose another --out")
-        if ctx is None or ctx.is_main:
-            _clear_run_dir(out)
-    config.validate()
-    if config.data.data_dir is None:  # record where the data were ($VAELAB_DATA or the cache): later
-        from ..data.dataset import default_data_dir  # commands find them without --data-dir
-
-        config.data.data_dir = str(default_data_dir())
-    distributed.barrier(ctx)  # every rank has looked at `out` before rank 0 writes to it
-    if callbacks is None:
-        callbacks = default_callbacks(config)
+        if main:  # set aside now, removed only once the new run is ready to train
+            replacement = Replacement(out)
     try:
-        return Trainer(config, out, resume=resume, progress=progress, callbacks=callbacks).run()
-    except OSError as exc:  # disk full, read-only folder: one clear line, not a traceback
-        if exc.errno not in rundir.WRITE_ERRNOS:
-            raise
-        raise rundir.write_error(Path(exc.filename or out), exc) from None
+        config.validate()
+        if config.data.data_dir is None:  # record where the data were ($VAELAB_DATA or the cache): later
+            from ..data.dataset import default_data_dir  # commands find them without --data-dir
 
-
-def _clear_run_dir(out: Path) -> None:
-    """--overwrite: remove what a previous run wrote, only if it looks like a run directory."""
-    import shutil
-
-    if not (out / rundir.CONFIG).exists():
-        raise VaelabError(f"{out} is not empty and is not a vaelab run directory: refusing to overwrite it")
-    with rundir.RunLock(out):
-        for child in out.iterdir():
-            if child.name == rundir.LOCK:
-                continue
-            if child.is_dir():
-                shutil.rmtree(child)
-            else:
-                child.unlink()
+            config.data.data_dir = str(default_data_dir())
+        distributed.barrier(ctx)  # every rank has looked at `out` before rank 0 writes to it
+        if callbacks is None:
+            callbacks = default_callbacks(config)
+        if replacement is not None:  # last: every other start-up hook has succeeded first
+            callbacks = [*callbacks, replacement]
+        try:
+            return Trainer(config, out, resume=resume, progress=progress, callbacks=callbacks).run()
+        except OSError as exc:  # disk full, read-only folder: one clear line, not a traceback
+            if exc.errno not in rundir.WRITE_ERRNOS:
+                raise
+            raise rundir.write_error(Path(exc.filename or out), exc) from None
+    except BaseException:
+        if replacement is not None:  # failed (or stopped) before training: the old run is kept
+            replacement.put_back()
+        raise
