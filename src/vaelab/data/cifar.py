@@ -74,6 +74,10 @@ def unpickle_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == 3072):
         got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
         raise VaelabError(f"{path}: 'data' is {got}, expected uint8 of shape (N, 3072); {fix}")
+    # a flat list of ints only: nested lists (which a pickle can share, thousands deep, in a few
+    # bytes) would make np.asarray build gigabytes
+    if isinstance(labels, list) and (len(labels) != len(data) or not all(type(v) is int for v in labels)):
+        labels = None
     labels = np.asarray(labels) if isinstance(labels, (list, np.ndarray)) else None
     if labels is None or labels.ndim != 1 or labels.dtype.kind not in "iu" or len(labels) != len(data):
         raise VaelabError(f"{path}: 'labels' is missing or is not {len(data)} integers; {fix}")

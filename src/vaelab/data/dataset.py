@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -166,9 +167,20 @@ def splits(name: str) -> list[str]:
     return list(_lookup(name)[1].splits)
 
 
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
+def check_split_name(split) -> str:
+    """A split is a plain name (letters, digits, - and _): it becomes part of paths (a folder
+    dataset's ``PATH/SPLIT``, a store's ``store-SPLIT``), which must stay inside their folder."""
+    if not isinstance(split, str) or not _PLAIN_NAME.fullmatch(split):
+        raise VaelabError(f"split must be a plain name such as 'train' or 'test' (letters, digits, - and _), "
+                          f"got {split!r}")
+    return split
+
+
 def _check_options(split, image_size, channels) -> None:
-    if not isinstance(split, str):
-        raise VaelabError(f"split must be a string such as 'train' or 'test', got {split!r}")
+    check_split_name(split)
     if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer))
                                    or not 1 <= image_size <= 4096):
         raise VaelabError(f"data.image_size must be a whole number of pixels from 1 to 4096, got {image_size!r}")

@@ -74,7 +74,8 @@ def _images_under(folder: Path) -> list[Path]:
     found = []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if _visible(d))
-        found += [Path(dirpath) / f for f in filenames if _visible(f) and Path(f).suffix.lower() in exts]
+        found += [Path(dirpath) / f for f in filenames if _visible(f) and Path(f).suffix.lower() in exts
+                  and (Path(dirpath) / f).is_file()]  # a FIFO or device named *.png would block the read
     return sorted(found)
 
 
@@ -133,6 +134,10 @@ def _decode(path: Path, channels: int | None, size: int | None) -> np.ndarray:
 
     try:
         with _open(path) as im:
+            width, height = im.size
+            if width * height > Image.MAX_IMAGE_PIXELS:  # Pillow only warns below twice its limit
+                raise _Bad(f"{path} is {width}x{height} pixels, more than the {Image.MAX_IMAGE_PIXELS:,} an image "
+                           f"may have here (a decompression bomb?); shrink it or remove it")
             if size and im.format == "JPEG":
                 im.draft(im.mode, (size, size))  # let libjpeg downscale big photos cheaply
             im.load()
@@ -150,6 +155,8 @@ def _decode(path: Path, channels: int | None, size: int | None) -> np.ndarray:
             arr = np.asarray(im, dtype=np.uint8)
     except MemoryError:
         raise _Bad(f"not enough memory to decode {path}; set data.image_size to a smaller size") from None
+    except _Bad:
+        raise
     except Exception as exc:  # Pillow's plugins raise many exception types on bad files
         raise _Bad(f"cannot read image {path} ({reason(exc)}); fix or remove that file") from None
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)

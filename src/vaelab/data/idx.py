@@ -37,18 +37,19 @@ def find_file(folder: Path, gz_name: str) -> Path | None:
     return None
 
 
-def read_idx(source: Path | bytes, magic: int, name: str | None = None) -> np.ndarray:
+def read_idx(source: Path | bytes, magic: int, name: str | None = None, count: int | None = None) -> np.ndarray:
     """Parse one IDX file (path or bytes; gzip detected by content) into a uint8 array.
 
-    The header is checked against ``magic`` and the data length before any array of the
-    declared size exists, so a lying header costs nothing.
+    The header is checked against ``magic``, ``count`` (the number of items expected, when
+    known) and the data length (a gzip file's: the uncompressed size its trailer records)
+    before anything is decompressed or allocated, so a lying header costs nothing.
     """
     label = name or str(source)
     try:
         if isinstance(source, (bytes, bytearray)):
-            return _read_any(io.BytesIO(source), len(source), magic, label)
+            return _read_any(io.BytesIO(source), len(source), magic, label, count)
         with open(source, "rb") as f:
-            return _read_any(f, os.fstat(f.fileno()).st_size, magic, label)
+            return _read_any(f, os.fstat(f.fileno()).st_size, magic, label, count)
     except VaelabError:
         raise
     except PermissionError:
@@ -60,17 +61,21 @@ def read_idx(source: Path | bytes, magic: int, name: str | None = None) -> np.nd
         raise VaelabError(f"not enough memory to read {label}; free some memory or use a smaller dataset") from None
 
 
-def _read_any(f, size: int, magic: int, label: str) -> np.ndarray:
+def _read_any(f, size: int, magic: int, label: str, count: int | None) -> np.ndarray:
     if f.read(2) == b"\x1f\x8b":
+        f.seek(size - 4)  # the gzip trailer: the uncompressed size, modulo 2**32
+        isize = int.from_bytes(f.read(4), "little") if size >= 18 else None
         f.seek(0)
         with gzip.GzipFile(fileobj=f, mode="rb") as stream:
-            return _parse(stream, None, magic, label)
+            return _parse(stream, None, magic, label, count, isize)
     f.seek(0)
-    return _parse(f, size, magic, label)
+    return _parse(f, size, magic, label, count)
 
 
-def _parse(stream, size: int | None, magic: int, label: str) -> np.ndarray:
-    """Read header then data; ``size`` is the exact byte length when known (raw files)."""
+def _parse(stream, size: int | None, magic: int, label: str, count: int | None = None,
+           isize: int | None = None) -> np.ndarray:
+    """Read header then data; ``size`` is the exact byte length when known (raw files),
+    ``isize`` a gzip stream's uncompressed length modulo 2**32."""
     kind = _KIND[magic]
     header = _read_upto(stream, 4)
     if len(header) < 4:
@@ -91,11 +96,18 @@ def _parse(stream, size: int | None, magic: int, label: str) -> np.ndarray:
     expected = math.prod(dims)  # exact Python int: no overflow for absurd headers
     header_len = 4 + 4 * ndim
     shape_text = "x".join(map(str, dims))
+    if isize is not None and isize != (header_len + expected) % 2**32:
+        raise VaelabError(
+            f"{label} decompresses to {isize} bytes (modulo 4 GiB, by its gzip trailer) but its header declares "
+            f"{shape_text} = {expected} bytes of data; the file is damaged, delete it and download it again")
     if size is not None and size != header_len + expected:
         raise VaelabError(
             f"{label} holds {size - header_len} bytes of data but its header declares "
             f"{shape_text} = {expected}; the file is truncated or damaged, delete it and download it again"
         )
+    if count is not None and dims[0] != count:
+        raise VaelabError(f"{label} has {dims[0]} {kind} but its labels file has {count} labels; "
+                          "the files do not belong together, replace them with a matching pair")
     if size is not None:  # raw file of verified length: read straight into the final array
         data = np.empty(expected, dtype=np.uint8)
         got = stream.readinto(memoryview(data))
@@ -127,8 +139,8 @@ def load_pair(images_path: Path | bytes, labels_path: Path | bytes, num_classes:
               names: tuple[str, str] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Images (N, 1, H, W) uint8 and labels (N,) int64 from an IDX images/labels pair."""
     img_name, lab_name = names or (str(images_path), str(labels_path))
-    images = read_idx(images_path, IMAGES_MAGIC, img_name)
-    labels = read_idx(labels_path, LABELS_MAGIC, lab_name)
+    labels = read_idx(labels_path, LABELS_MAGIC, lab_name)  # first: small, and it says how many images to expect
+    images = read_idx(images_path, IMAGES_MAGIC, img_name, count=len(labels))
     if len(images) != len(labels):
         raise VaelabError(
             f"{img_name} has {len(images)} images but {lab_name} has {len(labels)} labels; "

@@ -39,8 +39,9 @@ _WRITE_CHUNK = 8192  # images copied per step when writing: bounded memory besid
 
 def store_dir(name: str, split: str, data_dir=None) -> Path:
     """Where the store of one split of ``name`` lives under the data directory."""
-    from .dataset import _folder_root, _lookup, resolve_data_dir
+    from .dataset import _folder_root, _lookup, check_split_name, resolve_data_dir
 
+    check_split_name(split)
     root = _folder_root(name)
     if root is not None:
         owner = "folder-" + hashlib.sha256(str(root).encode()).hexdigest()[:12]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import struct
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +21,7 @@ def read_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Images (N, 3, 32, 32) uint8 and labels (N,) int64 (digit 0 stored as 10 becomes 0)."""
     import scipy.io  # imported here: scipy is slow to import and only SVHN needs it
 
+    check_mat_structure(path)  # scipy's compiled reader trusts the tags: a bad one can crash the process
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # scipy warns about odd headers; we validate below
@@ -30,6 +34,111 @@ def read_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
             "delete it and download it again"
         ) from None
     return _validate(mat, path)
+
+
+# MAT-file level 5: element types (miINT8 ... miUINT64) and their sizes, the matrix classes
+_MI_SIZES = {1: 1, 2: 1, 3: 2, 4: 2, 5: 4, 6: 4, 7: 4, 9: 8, 12: 8, 13: 8}
+_MI_INT32, _MI_UINT32, _MI_MATRIX, _MI_COMPRESSED = 5, 6, 14, 15
+_NUMERIC_CLASSES = range(6, 16)  # mxDOUBLE_CLASS ... mxUINT64_CLASS
+_COMPLEX_OR_LOGICAL = 0x08 | 0x02
+_HEADER_BYTES = 1024  # a compressed variable's header lies in its first bytes
+
+
+def check_mat_structure(path: Path) -> None:
+    """Walk a level-5 MAT-file's tags (inside compressed variables too) and check that each
+    numeric variable's header, dimensions and data size agree and lie within the file, before
+    scipy reads it: one flipped byte in a tag otherwise crashes scipy's compiled reader."""
+    fix = "the file is damaged or not an SVHN format-2 file; delete it and download it again"
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            header = f.read(128)
+            if len(header) < 128 or header[126:128] not in (b"IM", b"MI"):
+                raise ValueError("no MAT-file level 5 header")
+            order = "<" if header[126:128] == b"IM" else ">"
+            if struct.unpack(order + "H", header[124:126])[0] != 0x0100:
+                raise ValueError("not a MAT-file level 5 (MATLAB v7.3 and v4 files are not SVHN format 2)")
+            position = 128
+            while position < size:
+                f.seek(position)
+                kind, length = struct.unpack(order + "II", _exactly(f, 8))
+                if position + 8 + length > size:
+                    raise ValueError(f"the variable at byte {position} runs past the end of the file")
+                if kind == _MI_COMPRESSED:
+                    inner = _inflate_start(f, length)
+                    kind, inner_length = struct.unpack(order + "II", inner[:8])
+                    if kind != _MI_MATRIX:
+                        raise ValueError(f"compressed data at byte {position} is not a matrix")
+                    _check_matrix(inner[8:], inner_length, order)
+                elif kind == _MI_MATRIX:
+                    _check_matrix(f.read(min(length, _HEADER_BYTES)), length, order)
+                else:
+                    raise ValueError(f"unexpected element type {kind} at byte {position}")
+                position += 8 + length
+    except OSError as exc:
+        raise VaelabError(f"cannot read {path}: {reason(exc)}") from None
+    except (ValueError, struct.error, zlib.error, IndexError) as exc:
+        raise VaelabError(f"{path} is not a valid MAT-file ({reason(exc)}); {fix}") from None
+
+
+def _exactly(f, n: int) -> bytes:
+    data = f.read(n)
+    if len(data) != n:
+        raise ValueError("the file ends inside a tag")
+    return data
+
+
+def _inflate_start(f, length: int) -> bytes:
+    """The first bytes of a compressed variable, decompressing no more than needed."""
+    inflater, out, left = zlib.decompressobj(), b"", length
+    while len(out) < _HEADER_BYTES and left > 0 and not inflater.eof:
+        chunk = f.read(min(left, 4096))
+        if not chunk:
+            break
+        left -= len(chunk)
+        out += inflater.decompress(chunk, _HEADER_BYTES - len(out))
+    if len(out) < 8:
+        raise ValueError("a compressed variable is empty")
+    return out
+
+
+def _check_matrix(body: bytes, length: int, order: str) -> None:
+    """A matrix's flags, dimensions, name and real part: consistent, and within ``length``."""
+    if length == 0:
+        return  # an empty placeholder variable
+    position, parts = 0, []
+    for _ in range(4):  # flags, dimensions, name, real part
+        kind, count = struct.unpack(order + "II", body[position:position + 8])
+        if kind >> 16:  # small element: type and count in one word, data in the next 4 bytes
+            kind, count, step = kind & 0xFFFF, kind >> 16, 8
+            if count > 4:
+                raise ValueError("a small data element claims more than 4 bytes")
+        else:
+            step = 8 + count + (-count % 8)
+        parts.append((kind, count, body[position + 8:position + 8 + min(count, 64)]))
+        if len(parts) == 3 and not _numeric(parts[0], order):
+            return  # not numeric (char, cell, struct): scipy checks and skips it; X and y are checked later
+        position += step
+        if position > length:
+            raise ValueError("a matrix's parts run past its end")
+    (flags_kind, flags_count, flags), (dims_kind, dims_count, dims), _, (real_kind, real_count, _) = parts
+    if dims_kind != _MI_INT32 or dims_count < 8 or dims_count % 4 or dims_count > 64:
+        raise ValueError("bad matrix dimensions")
+    shape = struct.unpack(order + f"{dims_count // 4}i", dims)
+    if min(shape) < 0:
+        raise ValueError("negative matrix dimensions")
+    if real_kind not in _MI_SIZES or real_count != _MI_SIZES[real_kind] * int(np.prod(shape, dtype=object)):
+        raise ValueError(f"a matrix of shape {shape} holds {real_count} bytes of type {real_kind}")
+
+
+def _numeric(flags_part: tuple, order: str) -> bool:
+    kind, count, data = flags_part
+    if kind != _MI_UINT32 or count != 8:
+        raise ValueError("bad array flags")
+    word = struct.unpack(order + "I", data[:4])[0]
+    if (word >> 8) & _COMPLEX_OR_LOGICAL:
+        raise ValueError("a complex or logical matrix")
+    return (word & 0xFF) in _NUMERIC_CLASSES
 
 
 def _validate(mat: dict, path: Path) -> tuple[np.ndarray, np.ndarray]:
