@@ -29,6 +29,12 @@ AUTOCAST = ("off", "bf16")
 LAYOUTS = ("auto", "on", "off")
 STORES = ("memory", "memmap")
 
+#: caps on what nobody can mean: each would allocate gigabytes or start a million threads
+MAX_LATENT_DIM = 10_000
+MAX_WIDTH = 65_536  # a layer's width, channels or IAF/ladder size
+MAX_THREADS = 1024
+MAX_SEED = 2**32 - 1  # every generator vaelab seeds (torch, NumPy) takes it
+
 
 #: keys that say where and how a run ran or what it kept, not what it trained: two configs that
 #: differ only in these describe the same experiment (a sweep or a finding reuses such a run)
@@ -208,6 +214,7 @@ class Config:
         _at_least("data.pca_components", data.pca_components, 1)
         _at_least("data.pca_fit_images", data.pca_fit_images, 0)
         _at_least("model.latent_dim", model.latent_dim, 1)
+        _at_most("model.latent_dim", model.latent_dim, MAX_LATENT_DIM)
         _choice("model.encoder", model.encoder, NETWORKS)
         _choice("model.decoder", model.decoder, NETWORKS)
         self._validate_family()
@@ -219,6 +226,7 @@ class Config:
         for name in ("hidden", "decoder_hidden", "variance_hidden", "conv_channels", "conv_kernels", "conv_strides"):
             for v in getattr(model, name) or []:
                 _at_least(f"model.{name} entries", v, 1)
+                _at_most(f"model.{name} entries", v, MAX_WIDTH)
         _range("model.dropout", model.dropout, 0.0, 0.99)
         if data.transform in ("pca", "m1") and (model.encoder == "conv" or model.decoder == "conv"):
             raise VaelabError(f"data.transform={data.transform} gives vectors, not images: use model.encoder=mlp and "
@@ -236,6 +244,9 @@ class Config:
             raise VaelabError(f"train.betas must be two numbers in [0, 1), got {train.betas}")
         _at_least("train.weight_decay", train.weight_decay, 0.0)
         _at_least("train.threads", train.threads, 0)
+        _at_most("train.threads", train.threads, MAX_THREADS)
+        _at_least("train.seed", train.seed, 0)
+        _at_most("train.seed", train.seed, MAX_SEED)
         _choice("train.objective", train.objective, OBJECTIVES)
         _at_least("train.iw_samples", train.iw_samples, 1)
         _at_least("train.beta", train.beta, 0.0)
@@ -275,7 +286,7 @@ class Config:
         _choice("train.channels_last", train.channels_last, LAYOUTS)
         _at_least("train.sample_every", train.sample_every, 0)
         _at_least("train.stats_every_steps", train.stats_every_steps, 0)
-        if train.device not in ("auto", "cpu") and not train.device.startswith(("cuda", "mps")):
+        if train.device not in ("auto", "cpu") and not train.device.startswith("cuda"):
             raise VaelabError(f"train.device must be auto, cpu, cuda or cuda:N, got {train.device!r}")
         # the likelihood module checks its own names and values
         from .likelihoods import likelihood_from_config
@@ -316,6 +327,7 @@ class Config:
             raise VaelabError("model.flow_hidden must list at least one width for the IAF steps, e.g. [320, 320]")
         for v in model.flow_hidden + model.ladder_dims:
             _at_least("model.flow_hidden and model.ladder_dims entries", v, 1)
+            _at_most("model.flow_hidden and model.ladder_dims entries", v, MAX_WIDTH)
         if model.prior == "vamp" and model.batch_norm:
             raise VaelabError("model.prior=vamp runs the encoder on its pseudo-inputs at every step, which would mix "
                               "them into batch norm's statistics: set model.batch_norm=false")
@@ -487,6 +499,13 @@ def _choice(key, value, choices):
 def _at_least(key, value, low):
     if value < low:
         raise VaelabError(f"{key} must be at least {low}, got {value}")
+
+
+def _at_most(key, value, high):
+    """Sizes nobody means (a typo, an extra zero) are refused before anything is allocated."""
+    if value > high:
+        raise VaelabError(f"{key} must be at most {high:,}, got {value:,} (a size this large cannot be meant: "
+                          f"check for a typo)")
 
 
 def _range(key, value, low, high):

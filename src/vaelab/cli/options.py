@@ -36,12 +36,14 @@ def check_output(path, overwrite: bool, folder: bool = False) -> None:
 def _seed(text: str) -> int:
     import argparse
 
+    from ..config import MAX_SEED
+
     try:
         value = int(text)
     except ValueError:
         value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a whole number 0 or more, got {text!r}")
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 0 to {MAX_SEED}, got {text!r}")
     return value
 
 

@@ -58,12 +58,19 @@ def cmd_eval(args) -> int:
     return 0
 
 
+MAX_GRID = 10_000  # images in one PNG grid: already 100 x 100 of them
+
+
+def _check_grid_size(n: int) -> None:
+    if not 1 <= n <= MAX_GRID:
+        raise VaelabError(f"-n must be from 1 to {MAX_GRID:,} (the images of one grid), got {n:,}")
+
+
 def cmd_sample(args) -> int:
     from ..imagegrid import save_grid
     from ..rundir.load import load_run
 
-    if args.n < 1:
-        raise VaelabError(f"-n must be at least 1, got {args.n}")
+    _check_grid_size(args.n)
     check_output(args.out, args.overwrite)
     run = load_run(args.run_dir, device=args.device or "cpu")
     save_grid(run.sample(args.n, seed=args.seed), args.out)
@@ -75,8 +82,7 @@ def cmd_reconstruct(args) -> int:
     from ..imagegrid import paired_rows, save_grid
     from ..rundir.load import load_run
 
-    if args.n < 1:
-        raise VaelabError(f"-n must be at least 1, got {args.n}")
+    _check_grid_size(args.n)
     check_output(args.out, args.overwrite)
     run = load_run(args.run_dir, device=args.device or "cpu", data_dir=args.data_dir)
     images, _ = run.images(args.split)
