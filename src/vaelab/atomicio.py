@@ -16,10 +16,15 @@ _NOT_WRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM}
 WRITE_ERRNOS = _DISK_FULL | _NOT_WRITABLE
 
 
-def write_error(path: Path, exc: OSError) -> VaelabError:
+#: what to do once space is freed: training resumes; any other output is simply written again
+RESUME = "resume with `vaelab train --resume RUN_DIR`"
+RERUN = "run the command again"
+
+
+def write_error(path: Path, exc: OSError, then: str = RESUME) -> VaelabError:
     reason = exc.strerror or str(exc)
     if exc.errno in _DISK_FULL:
-        fix = "the disk is full: free some space, then resume with `vaelab train --resume RUN_DIR`"
+        fix = f"the disk is full: free some space, then {then}"
     elif exc.errno in _NOT_WRITABLE:
         fix = "the folder is not writable: choose a writable --out"
     else:
@@ -27,7 +32,7 @@ def write_error(path: Path, exc: OSError) -> VaelabError:
     return VaelabError(f"cannot write {path}: {reason} ({fix})")
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes, then: str = RESUME) -> None:
     """Write to a temporary file beside ``path``, fsync, then rename over it.
 
     A crash leaves either the old file or the new one, never a torn one. Disk-full and
@@ -48,7 +53,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         except OSError:
             pass
         if isinstance(exc, OSError):
-            raise write_error(path, exc) from None
+            raise write_error(path, exc, then) from None
         raise
     try:  # make the rename itself durable
         fd = os.open(path.parent, os.O_RDONLY)
@@ -58,3 +63,13 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.close(fd)
     except OSError:
         pass
+
+
+def write_output(path: Path, data: bytes | str) -> Path:
+    """An output of a command (a figure, a report, a table): whole or not at all, and a full
+    disk is one line that says to run the command again."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise VaelabError(f"cannot write {path}: folder {path.parent} does not exist")
+    atomic_write_bytes(path, data.encode("utf-8") if isinstance(data, str) else data, then=RERUN)
+    return path

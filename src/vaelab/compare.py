@@ -8,6 +8,7 @@ each other; the config keys that differ between runs label what the comparison i
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
 from pathlib import Path
@@ -15,7 +16,9 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from .atomicio import write_output
 from .errors import VaelabError
+from .figures import save_figure
 from .report import (esc, findings_html, fmt, img, page, summarize_run, table)
 
 #: (CSV column, Markdown/HTML header) of the comparison table, units in the headers
@@ -121,8 +124,7 @@ def overlaid_curves(runs: list[tuple[str, list[dict]]], path: str | Path) -> Pat
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle("Training curves of the compared runs (nats per image, summed over pixels)", fontsize=11)
-    fig.savefig(path, format="png", facecolor="white")
-    return Path(path)
+    return save_figure(fig, path, dpi=None)
 
 
 def _markdown(header: list[str], rows: list[list[str]]) -> str:
@@ -179,13 +181,14 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path, iw_samples: in
     k = summaries[0].result.get("iw_samples")
 
     # CSV: raw numbers, units in the column names
-    with open(out / "compare.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow([c for c, _ in columns] + differs)
-        for row, s in zip(table_rows, summaries):
-            flat = _flat(s.run.config.to_dict())
-            writer.writerow([row[c] if row[c] is not None else "" for c, _ in columns]
-                            + [json.dumps(flat.get(key)) for key in differs])
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow([c for c, _ in columns] + differs)
+    for row, s in zip(table_rows, summaries):
+        flat = _flat(s.run.config.to_dict())
+        writer.writerow([row[c] if row[c] is not None else "" for c, _ in columns]
+                        + [json.dumps(flat.get(key)) for key in differs])
+    write_output(out / "compare.csv", text.getvalue())
 
     header = [h for _, h in columns]
     cells = [[_cell(c, row[c]) for c, _ in columns] for row in table_rows]
@@ -207,7 +210,7 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path, iw_samples: in
            _markdown(["run", "prior samples", "latent manifold", "latent space"],
                      [[label, f"![samples]({p['samples'].name})", f"![manifold]({p['manifold'].name})",
                        f"![latent space]({p['latent_space'].name})"] for label, p in zip(labels, images)])]
-    (out / "compare.md").write_text("".join(md))
+    write_output(out / "compare.md", "".join(md))
 
     # on the page, runs are columns (side by side) and metrics rows, so a few runs fit the width
     by_metric = [[h] + [row[i] for row in cells] for i, h in enumerate(header) if i > 0]
@@ -226,7 +229,7 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path, iw_samples: in
         body += ["<h2>Config differences</h2>", table(["run"] + differs, diff_rows)]
     body += ["<h2>Training curves</h2>", f"<figure>{img(curves, 'overlaid training curves')}</figure>",
              "<h2>Side by side</h2>", "".join(side), "<h2>Diagnostics</h2>", diagnoses]
-    (out / "compare.html").write_text(page(f"vaelab comparison of {len(labels)} runs", "".join(body)), encoding="utf-8")
+    write_output(out / "compare.html", page(f"vaelab comparison of {len(labels)} runs", "".join(body)))
     paths = {"html": out / "compare.html", "markdown": out / "compare.md", "csv": out / "compare.csv",
              "curves": curves}
     for label, p in zip(labels, images):

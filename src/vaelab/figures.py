@@ -11,6 +11,7 @@ show real images.
 
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from .atomicio import write_output
 from .diagnostics import instability_episodes, latent_activity
 from .evaluate import ElboPass
 from .errors import VaelabError
@@ -144,12 +146,11 @@ def _new_figure(width: float, height: float) -> Figure:
     return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
 
 
-def _save(fig: Figure, path: str | Path) -> Path:
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise VaelabError(f"cannot write {path}: folder {path.parent} does not exist")
-    fig.savefig(path, format="png", dpi=DPI, facecolor="white")
-    return path
+def save_figure(fig: Figure, path: str | Path, dpi: int | None = DPI) -> Path:
+    """The figure as a PNG, written whole or not at all."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi or "figure", facecolor="white")
+    return write_output(path, buffer.getvalue())
 
 
 def _show_grid(ax, images: torch.Tensor, nrow: int, row_labels=None, col_labels=None,
@@ -203,7 +204,7 @@ def _grid_figure(images: torch.Tensor, nrow: int, title: str, path, row_labels=N
         ax.set_xlabel(xlabel)
     if ylabel:
         ax.set_ylabel(ylabel)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # -- what the model generates ----------------------------------------------------------------
@@ -313,7 +314,7 @@ def manifold(run, path, n: int = 20, latents: Latents | None = None) -> Path:
     ax.set_xlabel(f"z{dims[0]} ({unit})")
     ax.set_ylabel(f"z{dims[1]} ({unit})")
     _title(ax, title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # -- how it encodes ----------------------------------------------------------------------------
@@ -362,7 +363,7 @@ def latent_space(run_or_latents, path, max_points: int = 5000) -> Path:
     ax.set_ylabel(ylabel)
     _title(ax, f"Posterior means of {len(means)} {lat.split} images, {how}")
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _class_colours(k: int) -> list:
@@ -429,7 +430,7 @@ def traversals(run, path, latents: Latents | None = None, steps: int = 11, span:
 
 def kl_per_dim(kl, active, path, title: str | None = None) -> Path:
     """Bar chart of KL per latent dimension (nats), active units in colour."""
-    return _save(draw_kl_per_dim(kl, active, title), path)
+    return save_figure(draw_kl_per_dim(kl, active, title), path)
 
 
 def draw_kl_per_dim(kl, active, title: str | None = None) -> Figure:
@@ -474,7 +475,7 @@ def training_curves(rows: list[dict], path, title: str = "Training curves") -> P
     """Loss, reconstruction, KL, beta, learning rate and validation ELBO per epoch."""
     if not rows:
         return _message_figure(path, title, "no metrics yet (metrics.jsonl is empty)")
-    return _save(draw_training_curves(rows, title), path)
+    return save_figure(draw_training_curves(rows, title), path)
 
 
 def draw_training_curves(rows: list[dict], title: str = "Training curves") -> Figure:
@@ -513,7 +514,7 @@ def latent_stats(rows: list[dict], path) -> Path:
     if not rows or not np.isfinite(_series(rows, "latent_mean_mean")).any():
         return _message_figure(path, "Latent statistics over training",
                                "no latent statistics in metrics.jsonl (train.log_latent_stats=false)")
-    return _save(draw_latent_stats(rows), path)
+    return save_figure(draw_latent_stats(rows), path)
 
 
 def draw_latent_stats(rows: list[dict]) -> Figure:
@@ -561,7 +562,7 @@ def progress(run_dir, path, max_frames: int = 6) -> Path:
         ax.set_title(f"epoch {int(frames[i].stem.split('-')[1])}", fontsize=10)
         ax.set_axis_off()
     fig.suptitle("The same fixed noise z decoded during training", fontsize=11)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _message_figure(path, title: str, message: str) -> Path:
@@ -570,7 +571,7 @@ def _message_figure(path, title: str, message: str) -> Path:
     ax.set_axis_off()
     ax.set_title(title, fontsize=10)
     ax.text(0.5, 0.4, message, ha="center", va="center", fontsize=10, wrap=True)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 @torch.no_grad()
@@ -605,8 +606,6 @@ def class_samples(run, path, n_rows: int = 8, seed: int = 0) -> Path:
 def write_figures(run, out_dir, seed: int = 0, latents: Latents | None = None) -> dict[str, Path]:
     """Every figure of FIGURES into ``out_dir`` (created), as NAME.png; plus progress.gif
     when the run saved progress grids."""
-    import shutil
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     latents = latents or encode_latents(run)
@@ -632,7 +631,7 @@ def write_figures(run, out_dir, seed: int = 0, latents: Latents | None = None) -
         paths["class_samples"] = class_samples(run, out / "class_samples.png", seed=seed)
     gif = Path(run.path) / PROGRESS_DIR / PROGRESS_GIF
     if gif.exists():
-        paths["progress_gif"] = Path(shutil.copyfile(gif, out / PROGRESS_GIF))
+        paths["progress_gif"] = write_output(out / PROGRESS_GIF, gif.read_bytes())
     elif progress_frames(run.path):  # grids without their GIF: animate them here, not in the run
         paths["progress_gif"] = write_progress_gif(run.path, out / PROGRESS_GIF)
     return paths

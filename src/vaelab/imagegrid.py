@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .errors import VaelabError
+from .atomicio import write_output
 
 
 def make_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2, pad_value: float = 1.0) -> np.ndarray:
@@ -44,14 +45,9 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, s
     """Save a grid PNG, nearest-neighbour upscaled so small digits stay visible."""
     from PIL import Image
 
-    path = Path(path)
-    if path.parent and not path.parent.exists():
-        raise VaelabError(f"cannot write {path}: folder {path.parent} does not exist")
     image = Image.fromarray(make_grid(images, nrow))
     if scale > 1:
         image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
-    try:
-        image.save(path, format="PNG")
-    except OSError as exc:
-        raise VaelabError(f"cannot write {path}: {exc.strerror or exc}") from None
-    return path
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return write_output(path, buffer.getvalue())

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .version import __version__
 from .diagnostics import Finding, collapse_warmup, decoder_z_sensitivity, diagnose_model, diagnose_training, psnr
+from .atomicio import write_output
 from .errors import VaelabError
 
 CSS = """
@@ -244,8 +245,4 @@ def write_report(run, out: str | Path | None = None, iw_samples: int = 100, limi
             "<h2>Model description</h2>", f"<pre>{esc(json.dumps(desc, indent=2))}</pre>",
         ]
         text = page(f"vaelab report: {Path(run.path).resolve().name}", "".join(body))
-    try:
-        out.write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise VaelabError(f"cannot write {out}: {exc.strerror or exc}") from None
-    return out
+    return write_output(out, text)

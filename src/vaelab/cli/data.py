@@ -36,7 +36,7 @@ def _prepare_stores(args) -> int:
     from .. import data
     from ..data.store import prepare_store
 
-    for split in [args.split] if args.split else data.splits(args.name):
+    for split in [args.split] if args.split is not None else data.splits(args.name):
         start = time.perf_counter()
         folder, written = prepare_store(args.name, split, args.data_dir, download=args.download,
                                         image_size=args.image_size, channels=args.channels, force=args.force)

@@ -46,7 +46,7 @@ def cmd_eval(args) -> int:
     check_eval_args(args)
     run = load_run(args.run_dir, device=args.device or "cpu", which=args.which, data_dir=args.data_dir)
     result = run.evaluate(split=args.split, iw_samples=args.iw_samples, limit=args.limit,
-                          seed=args.seed, progress=not args.json)
+                          seed=args.seed, progress=not args.quiet)  # on stderr: --json output stays clean
     if args.probe_labels:
         from ..probes import probe_latents
 
@@ -138,6 +138,7 @@ def register(subparsers) -> None:
     add_device(p)
     add_data_dir(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_quiet(p)
     p.set_defaults(func=cmd_eval)
 
     p = subparsers.add_parser("sample", help="a grid of samples from the prior")

@@ -23,9 +23,13 @@ _SETTINGS_HINT = "set data.image_size and data.channels to convert every image t
 @lru_cache(maxsize=1)
 def _format_by_extension() -> dict[str, str]:
     """Pillow format name for each file extension it can open (lower case, with the dot)."""
+    import warnings
+
     from PIL import Image
 
     Image.init()
+    # Pillow warns of images over its pixel limit on opening; _decode refuses them in one line instead
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     return {ext.lower(): fmt for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
 
 

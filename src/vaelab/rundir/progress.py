@@ -3,7 +3,10 @@ their GIF, and statistics every N steps (steps.jsonl); read back here by figures
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
+
+from ..atomicio import atomic_write_bytes
 
 PROGRESS_DIR = "progress"
 PROGRESS_GIF = "progress.gif"
@@ -35,7 +38,9 @@ def write_progress_gif(run_dir: str | Path, out: str | Path | None = None, frame
     out = Path(out) if out else Path(run_dir) / PROGRESS_DIR / PROGRESS_GIF
     # the last frame stays up longer, so the end of training is easy to see
     durations = [frame_ms] * (len(frames) - 1) + [frame_ms * 4]
-    frames[0].save(out, save_all=True, append_images=frames[1:], duration=durations, loop=0)
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:], duration=durations, loop=0)
+    atomic_write_bytes(out, buffer.getvalue())  # whole or not at all
     return out
 
 

@@ -720,10 +720,7 @@ def _train_as_rank(config: Config, out: Path, ctx, resume: bool, overwrite: bool
             replacement = Replacement(out)
     try:
         config.validate()
-        if config.data.data_dir is None:  # record where the data were ($VAELAB_DATA or the cache): later
-            from ..data.dataset import default_data_dir  # commands find them without --data-dir
-
-            config.data.data_dir = str(default_data_dir())
+        _record_data_paths(config)
         distributed.barrier(ctx)  # every rank has looked at `out` before rank 0 writes to it
         if callbacks is None:
             callbacks = default_callbacks(config)
@@ -739,3 +736,11 @@ def _train_as_rank(config: Config, out: Path, ctx, resume: bool, overwrite: bool
         if replacement is not None:  # failed (or stopped) before training: the old run is kept
             replacement.put_back()
         raise
+
+
+def _record_data_paths(config: Config) -> None:
+    """Record where the data were, absolute ($VAELAB_DATA or the cache when not given), so later
+    commands find them from any folder and without --data-dir."""
+    from ..data.dataset import default_data_dir
+
+    config.data.data_dir = str(Path(config.data.data_dir or default_data_dir()).expanduser().resolve())
