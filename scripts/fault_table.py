@@ -2,6 +2,7 @@
 
     python scripts/fault_table.py            # vaelab's own fault tests (about a minute)
     python scripts/fault_table.py --data     # also the data readers' tests (downloads, tar, fuzz)
+    python scripts/fault_table.py --hostile  # also hostile inputs and --overwrite, with their tally
 
 Every row names the tests that inject its fault; the Result column is measured in this run
 (how many of those tests passed), and the counts in the Fault column (kills, byte changes,
@@ -27,6 +28,7 @@ TESTS = REPO / "tests"
 OWN = ["test_resume.py", "test_nan_guard.py", "test_checkpoint_safety.py", "test_run_lock.py",
        "test_config_fuzz.py"]
 DATA = ["test_data_download.py", "test_data_cifar.py", "test_data_idx.py", "test_data_fuzz.py", "test_store.py"]
+HOSTILE = ["test_overwrite_safety.py", "test_hostile_inputs.py"]
 
 # (fault injected, outcome required, tests: "file::name prefix")
 ROWS = [
@@ -142,6 +144,73 @@ DATA_ROWS = [
 ]
 
 
+HOSTILE_ROWS = [
+    ("`train --overwrite` of a run directory, the new run failing to load its data or another run",
+     "exit 2, one line; the old run byte-identical, nothing left beside it",
+     ["test_overwrite_safety.py::test_a_failing_overwrite_keeps_the_old_run_byte_for_byte"]),
+    ("`--overwrite` of a project folder holding a config.json (src/, notes), of any other config.json, "
+     "of a symbolic link", "refused in one line; nothing changed",
+     ["test_overwrite_safety.py::test_only_a_vaelab_run_directory_is_overwritten"]),
+    ("`--overwrite` of a run whose progress/ holds a symbolic link to another folder",
+     "replaced; the link removed, its target untouched",
+     ["test_overwrite_safety.py::test_a_symlinked_subfolder_is_unlinked_and_its_target_kept"]),
+    ("SIGKILL during `--overwrite`: right after the old run is set aside, while loading data, after the new "
+     "run's first files, while the old run is removed",
+     "the old run back in place byte for byte (the next command restores it); once its removal began, "
+     "the new run in place and nothing left beside it",
+     ["test_overwrite_safety.py::test_sigkill_at_every_moment_of_an_overwrite_loses_nothing_unasked"]),
+    ("RUN_DIR holding only .lock (SIGKILL while starting; a failed first write)",
+     "a plain rerun and `--overwrite` go ahead; `--resume` says to start it again",
+     ["test_overwrite_safety.py::test_a_run_killed_while_starting_is_no_dead_end",
+      "test_overwrite_safety.py::test_a_failed_first_write_leaves_no_dead_end"]),
+    ("`--overwrite` while another process is replacing the same run",
+     "refused in one line; its old run untouched",
+     ["test_overwrite_safety.py::test_a_replacement_in_progress_is_never_taken_over"]),
+    ("split names `../../../../outside`, `/tmp/abs`, `train/../../x`, `..`, empty, with a space",
+     "refused in one line; nothing read or written outside the data folder",
+     ["test_hostile_inputs.py::test_split_names_cannot_leave_the_data_folder"]),
+    ("SVHN .mat with one flipped byte (x ^ {mat_masks} at every byte of the headers and the end; "
+     "plain and compressed, uint8 and double labels)", "a Dataset or one line; the process never crashes",
+     ["test_hostile_inputs.py::test_flipped_bytes_in_svhn_mat_files_never_crash_the_reader"]),
+    ("FIFOs named *.png / *.jpg in an image folder", "skipped (not regular files); no hang",
+     ["test_hostile_inputs.py::test_a_fifo_in_an_image_folder_is_skipped_not_waited_on"]),
+    ("a 3 KB CIFAR batch whose labels are nested shared lists (33 million ints expanded)",
+     "refused in one line, under 20 MB", ["test_hostile_inputs.py::test_nested_shared_label_lists"]),
+    ("gzip IDX bombs: 31 MB of zeros in 30 KB that its labels do not match; a header its gzip trailer contradicts",
+     "refused before decompressing, under 8 MB", ["test_hostile_inputs.py::test_gzip_idx_bombs"]),
+    ("12000x12000 PNGs (40 KB each, 432 MB decoded) in `data check`",
+     "refused before decoding, under 20 MB", ["test_hostile_inputs.py::test_huge_pngs"]),
+    ("`model.latent_dim=1000000000`, `model.hidden=[10000000]`, `train.threads=1000000`, a seed of 10**26, "
+     "`--device mps`, `sample -n 1000000`, `reconstruct -n 1000000`",
+     "refused in one line before anything is allocated",
+     ["test_hostile_inputs.py::test_sizes_nobody_means", "test_hostile_inputs.py::test_seeds_and_devices"]),
+    ("disk full (every fsync fails with ENOSPC) in `figures`, `compare`, `report`, `sample`",
+     "one line saying to run again; no empty or temporary file; the previous output byte-identical",
+     ["test_hostile_inputs.py::test_a_full_disk_leaves_no_partial_output"]),
+    ("a relative `--data-dir`; `vaelab presets` into a closed pipe",
+     "recorded absolute; exit 141 without a word", ["test_hostile_inputs.py::test_a_relative_data_dir",
+                                                     "test_hostile_inputs.py::test_a_closed_pipe"]),
+]
+
+
+def tally_table(records: list[dict]) -> list[str]:
+    """The hostile inputs the tests tried, per case: how each ended, and the bytes lost."""
+    kinds = ("ok", "clean", "traceback", "crash", "hang")
+    cases: dict[str, Counter] = {}
+    for record in records:
+        cases.setdefault(record["case"], Counter()).update({k: record.get(k, 0) for k in (*kinds, "lost_bytes")})
+    lines = ["| case | inputs tried | accepted | clean errors | tracebacks | crashes | hangs | bytes lost |",
+             "|---|---|---|---|---|---|---|---|"]
+    total = Counter()
+    for case, counts in cases.items():
+        total.update(counts)
+        lines.append(f"| {case} | {sum(counts[k] for k in kinds):,} | "
+                     + " | ".join(f"{counts[k]:,}" for k in (*kinds, "lost_bytes")) + " |")
+    lines.append(f"| **all** | **{sum(total[k] for k in kinds):,}** | "
+                 + " | ".join(f"**{total[k]:,}**" for k in (*kinds, "lost_bytes")) + " |")
+    return lines
+
+
 def constants(path: Path, names: list[str]) -> dict:
     """Module-level integer constants of a test file, read without importing it."""
     found = {}
@@ -153,7 +222,8 @@ def constants(path: Path, names: list[str]) -> dict:
 
 
 def run_tests(files: list[str]) -> tuple[dict[str, str], dict]:
-    """Outcome per test id ('file::name[param]') and the numbers the tests reported."""
+    """Outcome per test id ('file::name[param]') and the numbers the tests reported (the
+    hostile inputs' tally as a list under "hostile")."""
     with tempfile.TemporaryDirectory() as tmp:
         junit, report = Path(tmp) / "junit.xml", Path(tmp) / "report.jsonl"
         env = dict(os.environ, VAELAB_FAULT_REPORT=str(report))
@@ -166,10 +236,14 @@ def run_tests(files: list[str]) -> tuple[dict[str, str], dict]:
             kinds = {child.tag for child in case}
             outcomes[name] = ("failed" if kinds & {"failure", "error"} else
                               "skipped" if "skipped" in kinds else "passed")
-        measured = {}
+        measured = {"hostile": []}
         if report.exists():
             for line in report.read_text().splitlines():
-                measured.update(json.loads(line))
+                record = json.loads(line)
+                if "hostile" in record:
+                    measured["hostile"].append(record["hostile"])
+                else:
+                    measured.update(record)
     return outcomes, measured
 
 
@@ -189,12 +263,15 @@ def result(outcomes: dict[str, str], prefixes: list[str]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", action="store_true", help="also run the data readers' fault tests")
+    parser.add_argument("--hostile", action="store_true", help="also run the hostile inputs' tests, with their tally")
     args = parser.parse_args()
-    files = OWN + (DATA if args.data else [])
+    files = OWN + (DATA if args.data else []) + (HOSTILE if args.hostile else [])
     outcomes, measured = run_tests(files)
     values = constants(TESTS / "test_config_fuzz.py", ["N_DICTS", "N_FILES", "N_BYTES", "N_SET", "N_CLI"])
     values.update(constants(TESTS / "test_resume.py", ["RANDOM_KILLS"]))
     values.update(constants(TESTS / "test_data_fuzz.py", ["FUZZ_EXAMPLES"]))
+    values["mat_masks"] = " / ".join(f"0x{m:02X}" for m in constants(TESTS / "test_hostile_inputs.py",
+                                                                     ["MAT_FLIP_MASKS"]).get("MAT_FLIP_MASKS", ()))
     states = Counter(measured.get("random_kill_states", []))
     values.update(random_kills=values.get("RANDOM_KILLS", "?"),
                   random_states=", ".join(f"{n}x {s}" for s, n in states.items()) or "not recorded",
@@ -203,9 +280,12 @@ def main() -> int:
                   truncations=measured.get("truncations", "?"))
     print("| Fault injected | Required outcome | Test | Result |")
     print("|---|---|---|---|")
-    for fault, outcome, prefixes in ROWS + (DATA_ROWS if args.data else []):
+    for fault, outcome, prefixes in ROWS + (DATA_ROWS if args.data else []) + (HOSTILE_ROWS if args.hostile else []):
         tests = "<br>".join(f"`{p.rstrip(':')}`" for p in prefixes)
         print(f"| {fault.format(**values)} | {outcome} | {tests} | {result(outcomes, prefixes)} |")
+    if args.hostile:
+        print("\nHostile inputs, as each ended (from the tests' own tally):\n")
+        print("\n".join(tally_table(measured["hostile"])))
     failed = [k for k, v in outcomes.items() if v == "failed"]
     if failed:
         print(f"\n{len(failed)} tests failed: {', '.join(failed)}", file=sys.stderr)

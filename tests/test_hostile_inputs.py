@@ -259,9 +259,12 @@ def test_a_full_disk_leaves_no_partial_output(tiny_run, tmp_path, full_disk, com
     assert clean(status, err) and "disk is full" in err and "run the command again" in err, err
     assert all(p.stat().st_size > 0 and ".tmp-" not in p.name for p in out.rglob("*")) if out.exists() else True
     assert not any(".tmp-" in p.name for p in tmp_path.iterdir())
+    partial = [p for p in tmp_path.rglob("*") if p.is_file() and (p.stat().st_size == 0 or ".tmp-" in p.name)]
+    record("full disk while writing figures, compare, report, sample", clean=int(clean(status, err)),
+           lost_bytes=len(b"the previous output") if old is not None and old.read_bytes() != b"the previous output" else 0)
+    assert partial == []
     if old is not None:
         assert old.read_bytes() == b"the previous output"
-    record("full disk while writing figures, compare, report, sample", clean=1)
 
 
 # --- a new user's walk --------------------------------------------------------------------

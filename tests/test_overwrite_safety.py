@@ -69,6 +69,12 @@ def snapshot(folder: Path) -> dict:
             if p.is_file() and p.name != rundir.LOCK}
 
 
+def lost(before: dict, folder: Path) -> int:
+    """Bytes of ``before`` that are no longer in ``folder`` as they were."""
+    after = snapshot(folder) if folder.is_dir() else {}
+    return sum(len(data) for name, data in before.items() if after.get(name) != data)
+
+
 def leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.parent.iterdir() if p.name.startswith(f".{folder.name}."))
 
@@ -97,9 +103,10 @@ def test_a_failing_overwrite_keeps_the_old_run_byte_for_byte(old_run, one_torch_
     for bad in ("data.name=folder:/nope", "data.m1_run=/nope"):  # the data, then another run, fail to load
         extra = ["--set", "data.transform=m1"] if "m1_run" in bad else []
         status, err = cli("train", *sets, "--set", bad, *extra, "--out", str(old_run), "--overwrite", "--quiet")
+        record("--overwrite of a run directory", lost_bytes=lost(before, old_run),
+               **{"clean" if status == 2 and err.startswith("vaelab: error: ") and err.count("\n") == 1 else "traceback": 1})
         assert status == 2 and err.startswith("vaelab: error: ") and err.count("\n") == 1, err
         assert snapshot(old_run) == before and leftovers(old_run) == []
-        record("overwrite", clean=1)
 
 
 def test_only_a_vaelab_run_directory_is_overwritten(tmp_path, finished):
@@ -110,16 +117,18 @@ def test_only_a_vaelab_run_directory_is_overwritten(tmp_path, finished):
     (project / "config.json").write_text('{"data": {}, "model": {}, "train": {}}')
     before = snapshot(project)
     status, err = cli("train", "--preset", "demo", "--out", str(project), "--overwrite", "--quiet")
+    record("--overwrite of a folder that is not a run", lost_bytes=lost(before, project), clean=int(status == 2))
     assert status == 2 and "does not write (notes.txt, src)" in err and snapshot(project) == before
     (project / "config.json").write_text('{"name": "my app"}')  # any config.json is not a run's
     before = snapshot(project)
     status, err = cli("train", "--preset", "demo", "--out", str(project), "--overwrite", "--quiet")
+    record("--overwrite of a folder that is not a run", lost_bytes=lost(before, project), clean=int(status == 2))
     assert status == 2 and "is not a vaelab run directory" in err and snapshot(project) == before
     link = tmp_path / "link"
     link.symlink_to(finished)
     status, err = cli("train", "--preset", "demo", "--out", str(link), "--overwrite", "--quiet")
+    record("--overwrite of a folder that is not a run", clean=int(status == 2))
     assert status == 2 and "symbolic link" in err
-    record("overwrite", clean=3)
 
 
 def test_a_symlinked_subfolder_is_unlinked_and_its_target_kept(old_run, tmp_path, one_torch_thread):
@@ -131,7 +140,7 @@ def test_a_symlinked_subfolder_is_unlinked_and_its_target_kept(old_run, tmp_path
     vaelab.train(config(), old_run, overwrite=True, progress=False)
     assert (target / "precious.txt").read_text() == "keep" and not (old_run / "progress" / "linked").exists()
     assert [r["epoch"] for r in rundir.read_metrics(old_run)] == [1] and leftovers(old_run) == []
-    record("overwrite", clean=1)
+    record("--overwrite of a run with a symlinked subfolder", lost_bytes=int(not (target / "precious.txt").exists()), ok=1)
 
 
 @pytest.mark.parametrize("point", KILL_POINTS)
@@ -142,6 +151,9 @@ def test_sigkill_at_every_moment_of_an_overwrite_loses_nothing_unasked(old_run, 
                           env=env, capture_output=True, timeout=300)
     assert proc.returncode == -9, proc.stderr.decode()[-2000:]
     restore_interrupted(old_run)  # what the next `vaelab train` for this folder does first
+    committed = point == "while-removing-old"  # the old run's removal had begun: asked for, not lost
+    record("SIGKILL during --overwrite", lost_bytes=0 if committed else lost(before, old_run),
+           **{"crash": 1} if proc.returncode != -9 else {"clean": 1})
     assert leftovers(old_run) == []
     if point == "while-removing-old":  # committed: the new run (set up, not yet trained) replaced it
         assert Config.load(old_run / "config.json").model.latent_dim == 3
@@ -151,7 +163,6 @@ def test_sigkill_at_every_moment_of_an_overwrite_loses_nothing_unasked(old_run, 
     else:
         assert snapshot(old_run) == before
         assert vaelab.load_run(old_run).config.model.latent_dim == 2
-    record("overwrite", clean=1)
 
 
 def test_a_run_killed_while_starting_is_no_dead_end(tmp_path, one_torch_thread):
@@ -170,7 +181,7 @@ def test_a_run_killed_while_starting_is_no_dead_end(tmp_path, one_torch_thread):
         for p in out.iterdir():  # back to the dead end: nothing but the lock
             if p.name != rundir.LOCK:
                 p.unlink() if p.is_file() else shutil.rmtree(p)
-    record("dead-end run directory", clean=3)
+    record("a run directory holding only .lock (killed while starting)", clean=1, ok=2)
 
 
 def test_a_failed_first_write_leaves_no_dead_end(tmp_path, monkeypatch, one_torch_thread):
@@ -185,7 +196,7 @@ def test_a_failed_first_write_leaves_no_dead_end(tmp_path, monkeypatch, one_torc
         vaelab.train(config(), out, progress=False)
     monkeypatch.undo()
     assert vaelab.train(config(), out, progress=False) == out  # the rerun goes ahead
-    record("dead-end run directory", clean=1)
+    record("a run directory holding only .lock (failed first write)", clean=1, ok=1)
 
 
 def test_a_replacement_in_progress_is_never_taken_over(old_run):
@@ -197,4 +208,4 @@ def test_a_replacement_in_progress_is_never_taken_over(old_run):
         assert not old_run.exists()
     restore_interrupted(old_run)
     assert (old_run / rundir.WEIGHTS).exists() and leftovers(old_run) == []
-    record("overwrite", clean=1)
+    record("--overwrite while another process replaces the run", clean=1)
