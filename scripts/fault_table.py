@@ -174,7 +174,7 @@ HOSTILE_ROWS = [
      ["test_hostile_inputs.py::test_flipped_bytes_in_svhn_mat_files_never_crash_the_reader"]),
     ("FIFOs named *.png / *.jpg in an image folder", "skipped (not regular files); no hang",
      ["test_hostile_inputs.py::test_a_fifo_in_an_image_folder_is_skipped_not_waited_on"]),
-    ("a 3 KB CIFAR batch whose labels are nested shared lists (33 million ints expanded)",
+    ("a 31 KB CIFAR batch whose labels are nested shared lists (335 million ints once expanded)",
      "refused in one line, under 20 MB", ["test_hostile_inputs.py::test_nested_shared_label_lists"]),
     ("gzip IDX bombs: 31 MB of zeros in 30 KB that its labels do not match; a header its gzip trailer contradicts",
      "refused before decompressing, under 8 MB", ["test_hostile_inputs.py::test_gzip_idx_bombs"]),

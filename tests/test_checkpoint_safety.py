@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import vaelab
-from vaelab import rundir
+from vaelab import atomicio, rundir
 from vaelab.cli import main
 from vaelab.config import Config
 from vaelab.errors import VaelabError
@@ -246,7 +246,7 @@ def test_disk_full_halfway_through_the_write_keeps_the_old_file(tmp_path, monkey
             super().write(bytes(data)[:10])  # some bytes land, then the disk is full
             raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(rundir, "open", lambda file, mode="r": FullDisk(file, mode.replace("b", "")),
+    monkeypatch.setattr(atomicio, "open", lambda file, mode="r": FullDisk(file, mode.replace("b", "")),
                         raising=False)
     with pytest.raises(VaelabError, match="No space left on device .the disk is full"):
         ckpt.save_tensors(path, {"model.w": torch.ones(1000)}, {"epoch": 5})

@@ -189,7 +189,7 @@ import json, os, random, signal, sys, time
 import torch
 import torch._dynamo  # torch's optimizers import it on first use: pay that once, before forking
 import vaelab.cli
-from vaelab import rundir
+from vaelab import atomicio
 from vaelab.training import trainer
 from vaelab.transforms import DynamicBinarize
 
@@ -247,9 +247,9 @@ def arm(point, arg):
     elif point == "torn-metrics-row":  # half of epoch arg's row reaches the file
         tear_writes_to(trainer, "metrics.jsonl", arg)
     elif point == "checkpoint-write":  # half of the arg-th checkpoint's temporary file is written
-        tear_writes_to(rundir, "last-", arg)
+        tear_writes_to(atomicio, "last-", arg)  # atomic writes open their files there
     elif point == "final-weights-write":
-        tear_writes_to(rundir, "model.safetensors", arg)
+        tear_writes_to(atomicio, "model.safetensors", arg)
     elif point == "after-checkpoint":  # checkpoint arg is renamed into place, nothing after it ran
         original = trainer.Trainer.save_checkpoint
         def save(self, *a, **k):
