@@ -95,8 +95,11 @@ def config_from_args(args):
     if args.resume and (args.preset or args.config):
         raise VaelabError("--resume continues a run with its own config.json: leave out --preset/--config "
                           "(change single keys with --set)")
+    if args.resume:  # a kill during --overwrite may have left the run beside its folder
+        from ..training.replace import is_dead_end, restore_interrupted
+
+        restore_interrupted(Path(args.resume))
     if args.resume and not (Path(args.resume) / "config.json").is_file():
-        from ..training.replace import is_dead_end
 
         started = Path(args.resume).is_dir() and is_dead_end(Path(args.resume))
         raise VaelabError(f"cannot resume {args.resume}: it is not a vaelab run directory (no config.json)" +

@@ -34,7 +34,11 @@ _LEFTOVER = re.compile(r"\.(?P<name>.+)\.(?P<kind>replaced|discard)-(?P<pid>\d+)
 def is_dead_end(folder: Path) -> bool:
     """True for a folder that holds at most a lock, a start-up log and temporary files: what
     a run killed (or failed) before writing its config leaves. It is reused as if empty."""
-    return all(p.name in (rundir.LOCK, rundir.LOG) or _TEMP.fullmatch(p.name) for p in folder.iterdir())
+    try:
+        entries = list(folder.iterdir())
+    except FileNotFoundError:  # set aside meanwhile (rank 0 of a DDP run replacing it)
+        return True
+    return all(p.name in (rundir.LOCK, rundir.LOG) or _TEMP.fullmatch(p.name) for p in entries)
 
 
 def check_replaceable(out: Path) -> None:
@@ -81,11 +85,16 @@ class Replacement:
         """The new run failed before training: the old one returns to its place."""
         if self.aside is None:
             return
-        if self.out.exists():  # what the new run wrote: it never trained
-            _discard(self.out)
-        os.rename(self.aside, self.out)
+        try:
+            if self.out.exists():  # what the new run wrote: it never trained
+                _discard(self.out)
+            os.rename(self.aside, self.out)
+        except OSError as exc:
+            raise VaelabError(f"the previous run of {self.out} is kept in {self.aside}, but could not be moved back "
+                              f"({exc.strerror}): move it back by hand") from None
+        finally:
+            self.lock.__exit__()
         self.aside = None
-        self.lock.__exit__()
 
     def on_train_start(self, trainer) -> None:  # the trainer's hook: set-up has succeeded
         self.commit()
