@@ -292,4 +292,4 @@ def test_a_closed_pipe_ends_quietly():
                           env=dict(os.environ, PYTHONPATH=SRC))
     status, err = proc.stdout.split(" ", 1)
     assert int(status) == 141 and err.strip() == "''", proc.stdout
-    record("vaelab presets | head", ok=1)
+    record("`vaelab presets` into a closed pipe", ok=1)
