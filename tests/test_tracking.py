@@ -81,3 +81,21 @@ def test_without_mlflow_tracking_is_one_clear_error_and_nothing_written(tmp_path
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith("vaelab: error:") and "pip install 'vaelab[mlflow]'" in err
     assert not (tmp_path / "run").exists() and not (tmp_path / "mlruns").exists()
+
+
+def test_a_tracked_sweep_logs_each_run_and_its_evaluation(tmp_path, monkeypatch, one_torch_thread):
+    mlflow = pytest.importorskip("mlflow")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    monkeypatch.chdir(tmp_path)
+    tiny = [*TINY, "--set", "train.epochs=1"]  # the later --set wins
+    assert main(["sweep", "mnist-mlp", "--grid", "model.latent_dim=2,3", "--out", "sweep", "--iw-samples", "4",
+                 "--eval-limit", "60", "--quiet", "--track", *tiny]) == 0
+    client = mlflow.MlflowClient(tracking_uri=(tmp_path / "mlruns").as_uri())
+    for name in ("model.latent_dim=2", "model.latent_dim=3"):
+        run_dir = tmp_path / "sweep" / name
+        run = client.get_run(json.loads((run_dir / "mlflow.json").read_text())["run_id"])
+        saved = json.loads((run_dir / "sweep-eval.json").read_text())["result"]
+        assert run.info.run_name == name and run.data.params["model.latent_dim"] == name[-1]
+        assert run.data.metrics["eval/test/nll_iw"] == pytest.approx(saved["nll_iw"])
+        assert len(client.get_metric_history(run.info.run_id, "val_elbo")) == 1
