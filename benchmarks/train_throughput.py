@@ -68,11 +68,11 @@ def build_reference(config, event_shape):
             w = h
         dec += [nn.Linear(w, d)]
         return nn.Sequential(*enc), nn.Linear(width, 2 * m.latent_dim), nn.Sequential(*dec)
-    from vaelab.nn import ConvDecoder, ConvEncoder
+    from vaelab.nn import ConvDecoder, ConvEncoder, ConvStack
 
-    enc = ConvEncoder(event_shape, m.conv_channels, m.conv_kernels, m.conv_strides, m.conv_dense, m.activation)
-    dec = ConvDecoder(m.latent_dim, event_shape, 1, m.conv_channels, m.conv_kernels, m.conv_strides,
-                      m.conv_dense, m.activation)
+    stack = ConvStack(m.conv_channels, m.conv_kernels, m.conv_strides, m.conv_dense, m.activation)
+    enc = ConvEncoder(event_shape, stack)
+    dec = ConvDecoder(m.latent_dim, event_shape, 1, stack)
     return enc, nn.Linear(enc.out_features, 2 * m.latent_dim), nn.Sequential(dec, nn.Flatten())
 
 

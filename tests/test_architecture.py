@@ -12,7 +12,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "vaelab"
 #: bottom to top; a module's layer is that of its longest listed prefix (dotted, without "vaelab.")
 LAYERS = [
     # 0: no vaelab imports beyond errors
-    ["version", "errors", "atomicio", "devices", "objective", "images", "importance", "rundir", "rundir.progress", "latent",
+    ["version", "errors", "atomicio", "tracking", "devices", "objective", "images", "importance", "rundir", "rundir.progress", "latent",
      "latent.gaussian", "latent.flows", "nn.init", "data._text", "data.convert"],
     # 1: data sources, observation models, networks, distributions over z, image grids
     ["data", "transforms", "likelihoods", "nn", "imagegrid", "probes", "latent.priors"],
@@ -29,7 +29,7 @@ LAYERS = [
     # 7: training
     ["training"],
     # 8: analysis: figures, reports, comparisons, sweeps, the write-ups' findings
-    ["figures", "report", "compare", "sweep", "findings"],
+    ["figures", "report", "compare", "sweep", "findings", "export"],
     # 9: the shell and the package's public API
     ["cli", "", "__main__"],
 ]
@@ -120,3 +120,29 @@ def test_the_checker_sees_an_upward_import(tmp_path):
     fake.write_text("from .training import trainer\n")
     assert imports("errors", fake, {"training", "training.trainer"}) == {"training.trainer"}
     assert layer_of("training.trainer") > layer_of("errors")
+
+
+
+def absolute_imports(source: str) -> list[str]:
+    """``from vaelab...`` / ``import vaelab...`` statements in one module's source, as
+    "LINE: statement": inside the package every import of vaelab is relative
+    (``from .x import y``), one style throughout."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").split(".")[0] == "vaelab":
+            found.append(f"{node.lineno}: from {node.module} import ...")
+        elif isinstance(node, ast.Import):
+            found += [f"{node.lineno}: import {a.name}" for a in node.names if a.name.split(".")[0] == "vaelab"]
+    return found
+
+
+def test_the_package_imports_itself_one_way_only():
+    absolute = [f"{path.relative_to(SRC.parent)}:{line}" for path in sorted(SRC.rglob("*.py"))
+                for line in absolute_imports(path.read_text())]
+    assert not absolute, "write these imports relative (from .module import name):\n" + "\n".join(absolute)
+
+
+def test_the_style_checker_sees_an_absolute_import():
+    source = "from . import errors\nfrom .config import Config\n\ndef f():\n    import vaelab.config\n" \
+             "    from vaelab import errors\n    import numpy\n"
+    assert absolute_imports(source) == ["5: import vaelab.config", "6: from vaelab import ..."]

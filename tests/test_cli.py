@@ -75,6 +75,7 @@ def test_resume_from_the_cli(trained_run, tmp_path):
     (["train", "--config", "{tmp}/missing.json", "--out", "{tmp}/x"], "does not exist"),
     (["eval", "{tmp}"], "not a vaelab run directory"),
     (["sample", "{tmp}", "--out", "{tmp}/s.png"], "not a vaelab run directory"),
+    (["export", "{tmp}", "--out", "{tmp}/x"], "not a vaelab run directory"),
     (["train", "--set", "train.epochs=1", "--out", "{tmp}/x"], "needs --preset"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, needle):

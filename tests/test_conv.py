@@ -8,7 +8,7 @@ from torch import nn
 
 from vaelab.errors import VaelabError
 from vaelab.likelihoods import build_likelihood
-from vaelab.nn.conv import ACTIVATIONS, ConvDecoder, ConvEncoder, activation_layer, conv_output_sizes
+from vaelab.nn.conv import ACTIVATIONS, ConvDecoder, ConvEncoder, ConvStack, activation_layer, conv_output_sizes
 
 SHAPES = [(1, 28, 28), (3, 32, 32), (3, 30, 30), (1, 28, 32), (3, 64, 64), (2, 9, 17)]
 PATTERNS = [  # (kernels, strides)
@@ -22,8 +22,9 @@ PATTERNS = [  # (kernels, strides)
 
 def pair(shape, kernels, strides, dense=16, latent=5, n_params=2, **kw):
     channels = [6 + 2 * i for i in range(len(kernels))]
-    enc = ConvEncoder(shape, channels, kernels, strides, dense, **kw)
-    dec = ConvDecoder(latent, shape, n_params, channels, kernels, strides, dense, **kw)
+    stack = ConvStack(channels, kernels, strides, dense, **kw)
+    enc = ConvEncoder(shape, stack)
+    dec = ConvDecoder(latent, shape, n_params, stack)
     return enc, dec
 
 
@@ -51,8 +52,8 @@ def test_conv_output_sizes_by_hand():
 
 def test_mnist_conv_parameter_count():
     """channels [64, 64], kernels [4, 4], strides [2, 2], dense 256, latent 32 on 1x28x28."""
-    enc = ConvEncoder((1, 28, 28), [64, 64], [4, 4], [2, 2], 256)
-    dec = ConvDecoder(32, (1, 28, 28), 1, [64, 64], [4, 4], [2, 2], 256)
+    enc = ConvEncoder((1, 28, 28), ConvStack([64, 64], [4, 4], [2, 2], 256))
+    dec = ConvDecoder(32, (1, 28, 28), 1, ConvStack([64, 64], [4, 4], [2, 2], 256))
     flat = 64 * 7 * 7  # 28 -> 14 -> 7
     enc_expected = (
         (1 * 64 * 4 * 4 + 64)  # conv 1 -> 64
@@ -70,7 +71,7 @@ def test_mnist_conv_parameter_count():
 
 
 def test_init_bias_sets_the_final_layer_per_param_map():
-    dec = ConvDecoder(4, (3, 10, 12), 2, [8], [3], [2], 0, init_bias={1: -3.5})
+    dec = ConvDecoder(4, (3, 10, 12), 2, ConvStack([8], [3], [2], 0), init_bias={1: -3.5})
     bias = dec.final.bias.detach()
     assert bias.shape == (6,)
     assert torch.all(bias[3:] == -3.5)
@@ -84,13 +85,13 @@ def test_init_bias_sets_the_final_layer_per_param_map():
 
 def test_init_bias_from_a_likelihood():
     lik = build_likelihood("gaussian", (1, 28, 28), variance="learned-logvar", logvar_init_bias=-2.0)
-    dec = ConvDecoder(8, (1, 28, 28), lik.n_params, [16, 16], [4, 4], [2, 2], 32, init_bias=lik.init_bias())
+    dec = ConvDecoder(8, (1, 28, 28), lik.n_params, ConvStack([16, 16], [4, 4], [2, 2], 32), init_bias=lik.init_bias())
     assert torch.all(dec.final.bias[1] == -2.0)
     assert lik.log_prob(dec(torch.randn(3, 8)), torch.rand(3, 1, 28, 28)).shape == (3,)
 
 
 def test_state_dict_has_no_duplicate_entries():
-    dec = ConvDecoder(4, (1, 8, 8), 1, [4], [3], [2], 0)
+    dec = ConvDecoder(4, (1, 8, 8), 1, ConvStack([4], [3], [2], 0))
     keys = list(dec.state_dict())
     assert len(keys) == len({id(t) for t in dec.state_dict().values()})
     assert not any(k.startswith("final.") for k in keys)
@@ -160,7 +161,7 @@ def test_unknown_activation_lists_choices():
     with pytest.raises(VaelabError, match="relu, leaky_relu, elu, tanh, softplus, gelu"):
         activation_layer("swish")
     with pytest.raises(VaelabError, match="swish"):
-        ConvEncoder((1, 8, 8), [4], [3], [2], 0, activation="swish")
+        ConvEncoder((1, 8, 8), ConvStack([4], [3], [2], 0, activation="swish"))
 
 
 @pytest.mark.parametrize(
@@ -179,8 +180,8 @@ def test_unknown_activation_lists_choices():
 def test_bad_settings_raise(kwargs, fragment):
     settings = {"channels": [8], "kernels": [3], "strides": [2], "dense": 0, **kwargs}
     for build in (
-        lambda: ConvEncoder((1, 4, 4), **settings),
-        lambda: ConvDecoder(3, (1, 4, 4), 1, **settings),
+        lambda: ConvEncoder((1, 4, 4), ConvStack(**settings)),
+        lambda: ConvDecoder(3, (1, 4, 4), 1, ConvStack(**settings)),
     ):
         with pytest.raises(VaelabError, match=fragment) as info:
             build()
@@ -189,10 +190,10 @@ def test_bad_settings_raise(kwargs, fragment):
 
 def test_decoder_rejects_bad_counts_and_init_bias():
     with pytest.raises(VaelabError, match="latent_dim"):
-        ConvDecoder(0, (1, 8, 8), 1, [4], [3], [2], 0)
+        ConvDecoder(0, (1, 8, 8), 1, ConvStack([4], [3], [2], 0))
     with pytest.raises(VaelabError, match="n_params"):
-        ConvDecoder(3, (1, 8, 8), 0, [4], [3], [2], 0)
+        ConvDecoder(3, (1, 8, 8), 0, ConvStack([4], [3], [2], 0))
     with pytest.raises(VaelabError, match="param map 2"):
-        ConvDecoder(3, (1, 8, 8), 2, [4], [3], [2], 0, init_bias={2: 0.0})
+        ConvDecoder(3, (1, 8, 8), 2, ConvStack([4], [3], [2], 0), init_bias={2: 0.0})
     with pytest.raises(VaelabError, match="in_shape"):
-        ConvEncoder((28, 28), [4], [3], [2], 0)
+        ConvEncoder((28, 28), ConvStack([4], [3], [2], 0))

@@ -208,6 +208,21 @@ def test_fast_bernoulli_matches_u_over_255_for_every_level():
     assert torch.equal(a, bernoulli_u8(odd, torch.Generator().manual_seed(5))) and a.shape == odd.shape
 
 
+def test_fast_bernoulli_is_the_int64_construction_bit_for_bit():
+    """The int32 arithmetic cuts the same three 21-bit fields from each int64 draw as plain
+    int64 shifts do: the same generator state gives the same binary images."""
+    from vaelab.transforms import bernoulli_u8
+
+    mask = (1 << 21) - 1
+    for seed, shape in [(0, (64, 1, 28, 28)), (1, (5, 3, 7, 7)), (2, (1, 1, 1, 2)), (3, (3, 2, 5, 11))]:
+        images = torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+        n = images.numel()
+        words = torch.empty((n + 2) // 3, dtype=torch.int64).random_(generator=torch.Generator().manual_seed(seed))
+        fields = torch.stack((words & mask, (words >> 21) & mask, words >> 42), 1).view(-1)[:n]
+        expected = ((fields * 255 >> 21) < images.reshape(-1).long()).view(shape).float()
+        assert torch.equal(bernoulli_u8(images, torch.Generator().manual_seed(seed)), expected)
+
+
 def test_images_the_device_cannot_hold_stay_on_the_host(tmp_path, monkeypatch):
     """A GPU out of memory for the dataset: one warning, batches copied over, same training."""
     from vaelab.training import trainer

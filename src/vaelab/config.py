@@ -40,7 +40,7 @@ MAX_SEED = 2**32 - 1  # every generator vaelab seeds (torch, NumPy) takes it
 #: differ only in these describe the same experiment (a sweep or a finding reuses such a run)
 RUN_ONLY_KEYS = frozenset({"data.data_dir", "data.download", "train.device", "train.threads",
                            "train.keep_checkpoints", "train.checkpoint_every", "train.sample_every",
-                           "train.tensorboard"})
+                           "train.tensorboard", "train.mlflow"})
 
 
 @dataclass
@@ -135,6 +135,7 @@ class TrainConfig:
     sample_every: int = 0  # epochs between fixed-noise sample grids in RUN_DIR/progress/ (0: off)
     stats_every_steps: int = 0  # steps between latent statistics + sample grids in RUN_DIR/progress/ (0: off)
     tensorboard: bool = False  # TensorBoard scalars and image grids in RUN_DIR/tensorboard/
+    mlflow: bool = False  # log config, metrics and figures to MLflow (vaelab.tracking; pip install 'vaelab[mlflow]')
 
 
 @dataclass

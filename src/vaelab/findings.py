@@ -338,8 +338,9 @@ def evaluate_arm(run_dir: Path, iw_samples: int, probe_labels: int = 0) -> dict:
 
 def reproduce(name: str, out: str | Path, seeds: list[int], colour_data: str = "svhn",
               data_dir: str | None = None, threads: int = 0, iw_samples: int = 100, overwrite: bool = False,
-              log=print) -> dict:
-    """Run one finding over ``seeds``; return (and write to OUT) its criteria per seed."""
+              track: bool = False, log=print) -> dict:
+    """Run one finding over ``seeds``; return (and write to OUT) its criteria per seed. ``track``:
+    every arm's training and evaluation go to MLflow (vaelab.tracking)."""
     from .training.nan_guard import TrainingDiverged
     from .training.trainer import train
 
@@ -351,6 +352,8 @@ def reproduce(name: str, out: str | Path, seeds: list[int], colour_data: str = "
         raise VaelabError(f"{out} already holds results: pass --overwrite to run again, or another --out")
     configs = {(seed, arm.name): arm_config(finding, arm, seed, colour_data, data_dir, threads)
                for seed in seeds for arm in finding.arms}  # every config checked before any training
+    for config in configs.values():
+        config.train.mlflow = track
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     per_seed = []
@@ -366,6 +369,11 @@ def reproduce(name: str, out: str | Path, seeds: list[int], colour_data: str = "
                     train(configs[seed, arm.name], run_dir, overwrite=True, progress=False)
                 results[arm.name] = evaluate_arm(run_dir, iw_samples if finding.needs_nll else 0,
                                                  finding.probe_labels)
+                if track:
+                    from .tracking import log_evaluation
+
+                    log_evaluation(run_dir, configs[seed, arm.name], results[arm.name],
+                                   settings={"command": "vaelab reproduce", "finding": name, "seed": seed})
             except TrainingDiverged as exc:
                 results[arm.name] = {"status": "diverged", "why": str(exc)}
         broken = [k for k, v in results.items() if v["status"] != "finished"]

@@ -177,6 +177,10 @@ def train_and_evaluate(config_dict: dict, run_dir: str, evaluation: dict, thread
             result = run.evaluate(split=evaluation["split"], iw_samples=evaluation["iw_samples"],
                                   limit=evaluation["limit"], seed=evaluation["seed"])
             _save_evaluation(path, evaluation, result)
+            if config.train.mlflow:
+                from .tracking import log_evaluation
+
+                log_evaluation(path, config, result, settings=dict(evaluation, command="vaelab sweep"))
     except VaelabError as exc:
         return {"status": "failed", "error": str(exc), "resumed": status == "partial", "skipped": False}
     metrics = rundir.read_metrics(path)

@@ -64,14 +64,25 @@ def bernoulli_u8(images: torch.Tensor, generator: torch.Generator | None = None)
     torch.bernoulli draws one 32-bit Mersenne-Twister number per pixel, one at a time:
     1.4-1.5 ms for a 128 x 784 batch on one thread, 1.7-2x this function's time
     (benchmarks/step_profile.py). Here each int64 draw (63 random bits) gives three 21-bit
-    uniforms f, and x = [floor(f * 255 / 2^21) < u], so
+    uniforms f, and x = [floor(f * 255 / 2^21) < u] = [f * 255 < u * 2^21], so
     P(x = 1) = ceil(u * 2^21 / 255) / 2^21: within 5e-7 of u / 255 for every u, and exact
     for u = 0 and 255.
     """
     n = images.numel()
-    words = torch.empty((n + 2) // 3, dtype=torch.int64, device=images.device).random_(generator=generator)
-    fields = torch.stack((words & _FIELD_MASK, (words >> _FIELD_BITS) & _FIELD_MASK, words >> 2 * _FIELD_BITS), 1)
-    below = (fields.view(-1)[:n] * 255 >> _FIELD_BITS) < images.reshape(-1)
+    m = (n + 2) // 3
+    words = torch.empty(m, dtype=torch.int64, device=images.device).random_(generator=generator)
+    # the fields are cut from the words' 32-bit halves (little-endian: low, high) with int32
+    # arithmetic: x86's AVX2 has no int64 shifts or products, so int64 ops run one element at
+    # a time and took half the binarization's time (BENCHMARKS.md, section 1)
+    halves = words.view(torch.int32).view(m, 2)
+    low, high = halves[:, 0], halves[:, 1]
+    fields = torch.empty((m, 3), dtype=torch.int32, device=images.device)
+    torch.bitwise_and(low, _FIELD_MASK, out=fields[:, 0])  # bits 0-20
+    low_rest = (low >> _FIELD_BITS) & ((1 << (32 - _FIELD_BITS)) - 1)  # bits 21-31 (a logical shift)
+    torch.bitwise_or(low_rest, (high & ((1 << (2 * _FIELD_BITS - 32)) - 1)) << (32 - _FIELD_BITS),
+                     out=fields[:, 1])  # bits 21-41
+    torch.bitwise_right_shift(high, 2 * _FIELD_BITS - 32, out=fields[:, 2])  # bits 42-62
+    below = fields.view(-1)[:n].mul_(255) < images.reshape(-1).to(torch.int32).bitwise_left_shift_(_FIELD_BITS)
     return below.view(images.shape).to(torch.float32)
 
 

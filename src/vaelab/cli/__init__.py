@@ -20,7 +20,7 @@ from ..version import __version__
 EXIT_BAD_INPUT = 2
 
 #: the command modules, in the order `vaelab --help` lists their commands
-COMMAND_MODULES: tuple[str, ...] = ("train", "run", "data", "report", "sweep", "reproduce")
+COMMAND_MODULES: tuple[str, ...] = ("train", "run", "data", "report", "sweep", "reproduce", "export")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -55,6 +55,11 @@ def add_split(parser) -> None:
     parser.add_argument("--split", default="test", help="test (default), train, extra, or val (held out of train)")
 
 
+def add_track(parser) -> None:
+    parser.add_argument("--track", action="store_true",
+                        help="log to MLflow ($MLFLOW_TRACKING_URI, else ./mlruns; pip install 'vaelab[mlflow]')")
+
+
 def add_quiet(parser, help: str = "no progress bars") -> None:
     parser.add_argument("--quiet", action="store_true", help=help)
 
@@ -71,8 +76,11 @@ def load_config_source(source: str):
 
 
 def apply_run_options(config, args):
-    """--set overrides, then --device, --data-dir and --download where the command has them; validated."""
+    """--set overrides, then --device, --data-dir, --download and --track where the command has them;
+    validated."""
     config.apply_overrides(getattr(args, "set", None) or [])
+    if getattr(args, "track", False):
+        config.train.mlflow = True
     if getattr(args, "device", None):
         config.train.device = args.device
     if getattr(args, "data_dir", None):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .options import add_data_dir, add_quiet
+from .options import add_data_dir, add_quiet, add_track
 from ..errors import VaelabError
 
 
@@ -39,7 +39,7 @@ def cmd_reproduce(args) -> int:
     for name in names:
         report = reproduce(name, out / name if len(names) > 1 else out, seeds, colour_data=args.colour_data,
                            data_dir=args.data_dir, threads=args.threads, iw_samples=args.iw_samples,
-                           overwrite=args.overwrite, log=say)
+                           overwrite=args.overwrite, track=args.track, log=say)
         failed += report["reproduced_on"] < report["of"]
         print(f"{name}: reproduced on {report['reproduced_on']} of {report['of']} seeds "
               f"({report['minutes']} min); {out / name if len(names) > 1 else out}/results.md")
@@ -59,4 +59,5 @@ def register(subparsers) -> None:
     p.add_argument("--iw-samples", type=int, default=100, metavar="K", help="importance samples for -log p(x), where a check reads it")
     p.add_argument("--overwrite", action="store_true", help="replace earlier results in --out")
     add_quiet(p, "only the verdict lines")
+    add_track(p)
     p.set_defaults(func=cmd_reproduce)

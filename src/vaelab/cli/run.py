@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from ..errors import VaelabError
-from .options import add_data_dir, add_device, add_overwrite, add_quiet, add_seed, add_split, check_output
+from .options import add_data_dir, add_device, add_overwrite, add_quiet, add_seed, add_split, add_track, check_output
 
 
 def _print_eval(result: dict) -> None:
@@ -51,6 +51,12 @@ def cmd_eval(args) -> int:
         from ..probes import probe_latents
 
         result.update(probe_latents(run, args.probe_labels, seed=args.seed, test_limit=args.limit))
+    if args.track:
+        from ..tracking import log_evaluation
+
+        log_evaluation(run.path, run.config, result, settings={
+            "command": "vaelab eval", "split": args.split, "iw_samples": args.iw_samples, "limit": args.limit,
+            "seed": args.seed, "which": args.which, "probe_labels": args.probe_labels})
     if args.json:
         print(json.dumps(result))
     else:
@@ -137,6 +143,7 @@ def register(subparsers) -> None:
     add_seed(p)
     add_device(p)
     add_data_dir(p)
+    add_track(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     add_quiet(p)
     p.set_defaults(func=cmd_eval)

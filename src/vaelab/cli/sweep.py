@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..errors import VaelabError
 from ..sweep import RESULTS_CSV, RESULTS_MD, markdown_table, parse_grid, sweep
-from .options import add_data_dir, add_device, add_quiet, add_seed, apply_run_options, load_config_source
+from .options import add_data_dir, add_device, add_quiet, add_seed, add_track, apply_run_options, load_config_source
 
 
 def cmd_sweep(args) -> int:
@@ -48,4 +48,5 @@ def register(subparsers) -> None:
     add_device(p, training=True)
     add_data_dir(p)
     add_quiet(p, "no per-epoch log on the terminal")
+    add_track(p)
     p.set_defaults(func=cmd_sweep)

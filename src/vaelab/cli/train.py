@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from ..errors import VaelabError
-from .options import add_data_dir, add_device, add_quiet, config_from_args
+from .options import add_data_dir, add_device, add_quiet, add_track, config_from_args
 
 
 def cmd_train(args) -> int:
@@ -60,6 +60,7 @@ def register(subparsers) -> None:
     add_data_dir(p)
     p.add_argument("--download", action="store_true", help="download the dataset if missing")
     add_quiet(p, "no progress bar or log on the terminal")
+    add_track(p)
     p.add_argument("--nproc", type=int, metavar="N",
                    help="data-parallel training in N local processes (DDP; as torchrun --nproc-per-node N)")
     p.set_defaults(func=cmd_train)

@@ -42,7 +42,7 @@ from ..latent.priors import Prior, StandardNormal, VampPrior, build_prior
 from ..importance import chunk_size, log_mean_exp_streamed
 from ..likelihoods import Likelihood, build_likelihood
 from ..model import LossOutput
-from ..nn.conv import ConvDecoder, ConvEncoder
+from ..nn.conv import ConvDecoder, ConvEncoder, ConvStack
 from ..nn.mlp import MLPDecoder, MLPEncoder, mlp_layers
 
 NETWORKS = ("mlp", "conv")
@@ -130,9 +130,9 @@ class LadderVAE(nn.Module):
             return mlp_layers(in_features, [width] * depth, activation, batch_norm, 0.0)[0]
 
         # bottom-up: f_i and a head giving (mu_hat_i, logvar_hat_i)
+        stack = ConvStack(list(channels), list(kernels), list(strides), dense, activation, batch_norm)
         if network == "conv":
-            first = ConvEncoder(self.event_shape, list(channels), list(kernels), list(strides), dense,
-                                activation, batch_norm)
+            first = ConvEncoder(self.event_shape, stack)
             width = first.out_features
         else:
             first = MLPEncoder(self.event_shape, [hidden[0]] * depth, activation, batch_norm)
@@ -153,9 +153,7 @@ class LadderVAE(nn.Module):
         init_bias = likelihood.init_bias()
         n_params = likelihood.n_params
         if network == "conv":
-            self.decoder = ConvDecoder(latent_dims[0], self.event_shape, n_params, list(channels),
-                                       list(kernels), list(strides), dense, activation, batch_norm,
-                                       0.0, init_bias)
+            self.decoder = ConvDecoder(latent_dims[0], self.event_shape, n_params, stack, init_bias)
         else:
             self.decoder = MLPDecoder(latent_dims[0], self.event_shape, n_params, [hidden[0]] * depth,
                                       activation, batch_norm, 0.0, init_bias)

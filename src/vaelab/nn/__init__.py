@@ -5,8 +5,14 @@ from __future__ import annotations
 from torch import nn
 
 from ..errors import VaelabError
-from .conv import ConvDecoder, ConvEncoder
+from .conv import ConvDecoder, ConvEncoder, ConvStack
 from .mlp import MLPDecoder, MLPEncoder
+
+
+def conv_stack(m) -> ConvStack:
+    """The conv layers a ModelConfig asks for."""
+    return ConvStack(m.conv_channels, m.conv_kernels, m.conv_strides, m.conv_dense, m.activation,
+                     m.batch_norm, m.dropout)
 
 
 def build_encoder(m, in_shape: tuple[int, ...]) -> nn.Module:
@@ -15,8 +21,7 @@ def build_encoder(m, in_shape: tuple[int, ...]) -> nn.Module:
         return MLPEncoder(in_shape, m.hidden, m.activation, m.batch_norm, m.dropout)
     if len(in_shape) != 3:
         raise VaelabError(f"model.encoder=conv needs images (C, H, W), but the data are vectors of shape {in_shape}")
-    return ConvEncoder(in_shape, m.conv_channels, m.conv_kernels, m.conv_strides, m.conv_dense,
-                       m.activation, m.batch_norm, m.dropout)
+    return ConvEncoder(in_shape, conv_stack(m))
 
 
 def build_decoder(m, out_shape: tuple[int, ...], n_params: int,
@@ -28,8 +33,8 @@ def build_decoder(m, out_shape: tuple[int, ...], n_params: int,
                           m.dropout, init_bias, m.variance_hidden)
     if len(out_shape) != 3:
         raise VaelabError(f"model.decoder=conv needs images (C, H, W), but the data are vectors of shape {out_shape}")
-    return ConvDecoder(m.latent_dim, out_shape, n_params, m.conv_channels, m.conv_kernels,
-                       m.conv_strides, m.conv_dense, m.activation, m.batch_norm, m.dropout, init_bias)
+    return ConvDecoder(m.latent_dim, out_shape, n_params, conv_stack(m), init_bias)
 
 
-__all__ = ["build_encoder", "build_decoder", "MLPEncoder", "MLPDecoder", "ConvEncoder", "ConvDecoder"]
+__all__ = ["build_encoder", "build_decoder", "conv_stack", "MLPEncoder", "MLPDecoder", "ConvEncoder",
+           "ConvDecoder", "ConvStack"]

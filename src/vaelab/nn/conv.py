@@ -8,7 +8,10 @@ original (H, W) whatever the sizes.
 
 from __future__ import annotations
 
+import math
 import numbers
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -17,7 +20,7 @@ from ..errors import VaelabError
 from .init import he_init
 from .layers import ACTIVATIONS, activation_layer
 
-__all__ = ["ACTIVATIONS", "ConvDecoder", "ConvEncoder", "activation_layer", "conv_output_sizes"]
+__all__ = ["ACTIVATIONS", "ConvDecoder", "ConvEncoder", "ConvStack", "activation_layer", "conv_output_sizes"]
 
 
 def _padding(kernel: int) -> int:
@@ -43,90 +46,107 @@ def _positive_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
 
 
-def _check_settings(shape, channels, kernels, strides, dense, activation, dropout, shape_name) -> None:
-    if len(shape) != 3 or not all(_positive_int(d) for d in shape):
-        raise VaelabError(f"{shape_name} must be (C, H, W) with positive ints, got {tuple(shape)!r}")
-    if not (len(channels) == len(kernels) == len(strides)):
-        raise VaelabError(
-            f"channels, kernels and strides need one entry per conv layer, got lengths "
-            f"{len(channels)}, {len(kernels)}, {len(strides)}; make them equal"
-        )
-    if len(channels) == 0:
-        raise VaelabError(
-            "a conv network needs at least one conv layer; give channels, kernels and strides one entry each or more"
-        )
-    for label, values in (("channels", channels), ("kernels", kernels), ("strides", strides)):
-        if not all(_positive_int(v) for v in values):
-            raise VaelabError(f"{label} must all be integers >= 1, got {list(values)}")
-    if isinstance(dense, bool) or not isinstance(dense, numbers.Integral) or dense < 0:
-        raise VaelabError(f"dense must be an integer >= 0 (0 means no dense layer), got {dense!r}")
-    if activation not in ACTIVATIONS:
-        raise VaelabError(f"unknown activation {activation!r}; choose one of: {', '.join(ACTIVATIONS)}")
-    if not (isinstance(dropout, numbers.Real) and 0.0 <= dropout < 1.0):
-        raise VaelabError(f"dropout must be in [0, 1), got {dropout!r}")
+@dataclass(frozen=True)
+class ConvStack:
+    """The settings an encoder and its mirrored decoder share: one entry per conv layer in
+    ``channels``/``kernels``/``strides`` (encoder order), a dense layer of ``dense`` units
+    (0: none), and what follows every hidden layer."""
+
+    channels: Sequence[int]
+    kernels: Sequence[int]
+    strides: Sequence[int]
+    dense: int
+    activation: str = "relu"
+    batch_norm: bool = False
+    dropout: float = 0.0
+
+    def check(self, shape, shape_name: str) -> tuple[int, int, int]:
+        """Validate the settings for images of ``shape`` (C, H, W) and return it as ints."""
+        channels, kernels, strides, dense = self.channels, self.kernels, self.strides, self.dense
+        if len(shape) != 3 or not all(_positive_int(d) for d in shape):
+            raise VaelabError(f"{shape_name} must be (C, H, W) with positive ints, got {tuple(shape)!r}")
+        if not (len(channels) == len(kernels) == len(strides)):
+            raise VaelabError(
+                f"channels, kernels and strides need one entry per conv layer, got lengths "
+                f"{len(channels)}, {len(kernels)}, {len(strides)}; make them equal"
+            )
+        if len(channels) == 0:
+            raise VaelabError(
+                "a conv network needs at least one conv layer; give channels, kernels and strides one entry each or more"
+            )
+        for label, values in (("channels", channels), ("kernels", kernels), ("strides", strides)):
+            if not all(_positive_int(v) for v in values):
+                raise VaelabError(f"{label} must all be integers >= 1, got {list(values)}")
+        if isinstance(dense, bool) or not isinstance(dense, numbers.Integral) or dense < 0:
+            raise VaelabError(f"dense must be an integer >= 0 (0 means no dense layer), got {dense!r}")
+        if self.activation not in ACTIVATIONS:
+            raise VaelabError(f"unknown activation {self.activation!r}; choose one of: {', '.join(ACTIVATIONS)}")
+        if not (isinstance(self.dropout, numbers.Real) and 0.0 <= self.dropout < 1.0):
+            raise VaelabError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        return tuple(int(d) for d in shape)
+
+    @property
+    def bias(self) -> bool:
+        # a bias right before batch norm is cancelled by its mean subtraction
+        return not self.batch_norm
+
+    def post(self, n_features: int, norm: type[nn.Module]) -> list[nn.Module]:
+        """What follows a hidden layer: [batch norm] -> activation -> [dropout]."""
+        layers: list[nn.Module] = [norm(n_features)] if self.batch_norm else []
+        layers.append(activation_layer(self.activation))
+        if self.dropout > 0:
+            layers.append(nn.Dropout(self.dropout))
+        return layers
 
 
-def _post(n_features: int, activation: str, batch_norm: bool, dropout: float, norm: type[nn.Module]) -> list[nn.Module]:
-    """What follows a hidden layer: [batch norm] -> activation -> [dropout]."""
-    layers: list[nn.Module] = [norm(n_features)] if batch_norm else []
-    layers.append(activation_layer(activation))
-    if dropout > 0:
-        layers.append(nn.Dropout(dropout))
-    return layers
+class _ConvNet(nn.Module):
+    """What an encoder and its decoder both know of their images: the shape (C, H, W), the
+    side lengths before and after every conv, and the last feature map."""
+
+    def __init__(self, shape, stack: ConvStack, shape_name: str):
+        super().__init__()
+        self.stack = stack
+        c, h, w = self.image_shape = stack.check(shape, shape_name)
+        self.sizes = conv_output_sizes((h, w), stack.kernels, stack.strides)
+        self.feature_shape = (stack.channels[-1], *self.sizes[-1])
+        self.flat = math.prod(self.feature_shape)
 
 
-class ConvEncoder(nn.Module):
+class ConvEncoder(_ConvNet):
     """Strided convs -> flatten -> optional dense layer. Maps (B, C, H, W) to (B, out_features)."""
 
-    def __init__(
-        self,
-        in_shape: tuple[int, int, int],
-        channels: list[int],
-        kernels: list[int],
-        strides: list[int],
-        dense: int,
-        activation: str = "relu",
-        batch_norm: bool = False,
-        dropout: float = 0.0,
-    ):
-        super().__init__()
-        _check_settings(in_shape, channels, kernels, strides, dense, activation, dropout, "in_shape")
-        c, h, w = (int(d) for d in in_shape)
-        self.in_shape = (c, h, w)
-        self.sizes = conv_output_sizes((h, w), kernels, strides)
-        # a bias right before batch norm is cancelled by its mean subtraction
-        bias = not batch_norm
+    def __init__(self, in_shape: tuple[int, int, int], stack: ConvStack):
+        super().__init__(in_shape, stack, "in_shape")
+        self.in_shape = self.image_shape
+        c = self.image_shape[0]
 
         convs: list[nn.Module] = []
         c_in = c
-        for c_out, k, s in zip(channels, kernels, strides):
-            convs.append(nn.Conv2d(c_in, c_out, k, stride=s, padding=_padding(k), bias=bias))
-            convs += _post(c_out, activation, batch_norm, dropout, nn.BatchNorm2d)
+        for c_out, k, s in zip(stack.channels, stack.kernels, stack.strides):
+            convs.append(nn.Conv2d(c_in, c_out, k, stride=s, padding=_padding(k), bias=stack.bias))
+            convs += stack.post(c_out, nn.BatchNorm2d)
             c_in = c_out
         self.convs = nn.Sequential(*convs)
 
-        self.feature_shape = (channels[-1], *self.sizes[-1])
-        flat = channels[-1] * self.sizes[-1][0] * self.sizes[-1][1]
-        if dense > 0:
-            self.dense = nn.Sequential(
-                nn.Linear(flat, dense, bias=bias), *_post(dense, activation, batch_norm, dropout, nn.BatchNorm1d)
-            )
-            self.out_features = int(dense)
+        if stack.dense > 0:
+            self.dense = nn.Sequential(nn.Linear(self.flat, stack.dense, bias=stack.bias),
+                                       *stack.post(stack.dense, nn.BatchNorm1d))
+            self.out_features = int(stack.dense)
         else:
             self.dense = nn.Identity()
-            self.out_features = flat
-        he_init(self, activation)
+            self.out_features = self.flat
+        he_init(self, stack.activation)
 
     def forward(self, x: Tensor) -> Tensor:
         # flatten copies channels_last maps into (C, H, W) order, so the dense layer sees the same layout
         return self.dense(self.convs(x).flatten(1))
 
 
-class ConvDecoder(nn.Module):
+class ConvDecoder(_ConvNet):
     """Mirror of :class:`ConvEncoder`: dense -> feature map -> transposed convs -> (B, n_params, C, H, W).
 
-    Takes the encoder's ``channels``/``kernels``/``strides`` in encoder order and walks them
-    backwards; the last transposed conv outputs n_params * C channels, map ``i`` being channels
+    Takes the encoder's :class:`ConvStack` (layers in encoder order) and walks it backwards;
+    the last transposed conv outputs n_params * C channels, map ``i`` being channels
     ``i*C:(i+1)*C``. ``init_bias`` {map index: value} sets that map's final-layer bias.
     """
 
@@ -135,38 +155,29 @@ class ConvDecoder(nn.Module):
         latent_dim: int,
         out_shape: tuple[int, int, int],
         n_params: int,
-        channels: list[int],
-        kernels: list[int],
-        strides: list[int],
-        dense: int,
-        activation: str = "relu",
-        batch_norm: bool = False,
-        dropout: float = 0.0,
+        stack: ConvStack,
         init_bias: dict[int, float] | None = None,
     ):
-        super().__init__()
-        _check_settings(out_shape, channels, kernels, strides, dense, activation, dropout, "out_shape")
+        super().__init__(out_shape, stack, "out_shape")
         if not _positive_int(latent_dim):
             raise VaelabError(f"latent_dim must be an integer >= 1, got {latent_dim!r}")
         if not _positive_int(n_params):
             raise VaelabError(f"n_params must be an integer >= 1, got {n_params!r}")
-        c, h, w = (int(d) for d in out_shape)
-        self.out_shape = (c, h, w)
+        self.out_shape = self.image_shape
+        c = self.image_shape[0]
         self.n_params = int(n_params)
-        self.sizes = conv_output_sizes((h, w), kernels, strides)
-        self.feature_shape = (channels[-1], *self.sizes[-1])
-        bias = not batch_norm
+        bias = stack.bias
 
-        flat = channels[-1] * self.sizes[-1][0] * self.sizes[-1][1]
         fc: list[nn.Module] = []
         n_in = latent_dim
-        if dense > 0:
-            fc.append(nn.Linear(latent_dim, dense, bias=bias))
-            fc += _post(dense, activation, batch_norm, dropout, nn.BatchNorm1d)
-            n_in = dense
-        fc += [nn.Linear(n_in, flat, bias=bias), *_post(flat, activation, batch_norm, dropout, nn.BatchNorm1d)]
+        if stack.dense > 0:
+            fc.append(nn.Linear(latent_dim, stack.dense, bias=bias))
+            fc += stack.post(stack.dense, nn.BatchNorm1d)
+            n_in = stack.dense
+        fc += [nn.Linear(n_in, self.flat, bias=bias), *stack.post(self.flat, nn.BatchNorm1d)]
         self.fc = nn.Sequential(*fc)
 
+        channels, kernels, strides = stack.channels, stack.kernels, stack.strides
         deconvs: list[nn.Module] = []
         for i in reversed(range(len(channels))):
             k, s = kernels[i], strides[i]
@@ -183,9 +194,9 @@ class ConvDecoder(nn.Module):
                 )
             )
             if not last:
-                deconvs += _post(c_out, activation, batch_norm, dropout, nn.BatchNorm2d)
+                deconvs += stack.post(c_out, nn.BatchNorm2d)
         self.deconvs = nn.Sequential(*deconvs)
-        he_init(self, activation, last=self.final)
+        he_init(self, stack.activation, last=self.final)
         if init_bias:
             self._apply_init_bias(init_bias)
 

@@ -1,5 +1,5 @@
 """Training-time outputs: fixed-noise sample grids and their GIF, latent statistics every N
-steps, TensorBoard, a collapse check.
+steps, TensorBoard, MLflow, a collapse check.
 
 Every callback here only reads the model (in eval mode, without gradients) and draws its
 noise from its own generator, so turning one on never changes what training computes.
@@ -8,9 +8,11 @@ noise from its own generator, so turning one on never changes what training comp
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 
+from .. import rundir, tracking
 from ..diagnostics import latent_spread
 from ..errors import VaelabError
 from ..evaluate import active_units
@@ -195,6 +197,65 @@ class TensorBoardLogger:
         self.close()
 
 
+# -- MLflow ----------------------------------------------------------------------------------
+
+class MlflowLogger:
+    """The config, every epoch's metrics row, and at the end the run's files and figures
+    (prior samples, reconstructions, the progress grids) into the run's MLflow run
+    (:mod:`vaelab.tracking`); a resumed run goes on logging into the same MLflow run."""
+
+    RUN_FILES = (rundir.CONFIG, rundir.MODEL_JSON, rundir.METRICS, rundir.LOG)
+
+    def __init__(self):
+        tracking.client()  # a missing mlflow package is one clear error before any training
+        self.client = self.run_id = None
+
+    def on_train_start(self, trainer) -> None:
+        self.client, self.run_id, created = tracking.open_run(trainer.out, trainer.config)
+        if created:
+            return
+        self.client.update_run(self.run_id, status="RUNNING")
+        # MLflow params cannot change: keys new to the config become params, and what a
+        # resume's --set changed is kept as tags resumed.KEY
+        logged = self.client.get_run(self.run_id).data.params
+        params = tracking.config_params(trainer.config)
+        tracking.log_params(self.client, self.run_id, {k: v for k, v in params.items() if k not in logged})
+        for key, value in params.items():
+            if logged.get(key, value) != value:
+                self.client.set_tag(self.run_id, f"resumed.{key}", value)
+
+    def on_epoch_end(self, trainer, row: dict) -> None:
+        tracking.log_metrics(self.client, self.run_id, tracking.numeric_metrics(row), trainer.epoch)
+
+    def on_train_end(self, trainer) -> None:
+        import tempfile
+
+        from ..imagegrid import paired_rows, save_grid
+
+        for name in self.RUN_FILES:
+            if (trainer.out / name).is_file():
+                self.client.log_artifact(self.run_id, str(trainer.out / name), artifact_path="run")
+        model, transform = trainer.model, trainer.data.transform
+        model.eval()
+        with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
+            samples, recon = Path(tmp) / "samples.png", Path(tmp) / "reconstructions.png"
+            save_grid(decode_images(model, transform, fixed_codes(model)), samples,
+                      nrow=int(math.ceil(math.sqrt(GRID_IMAGES))))
+            device = next(model.parameters()).device
+            x = transform.fixed(monitor_images(trainer)[:10].to(device))
+            generator = torch.Generator(device=device).manual_seed(NOISE_SEED)
+            grid, width = paired_rows(transform.to_images(x).cpu(),
+                                      transform.to_images(model.reconstruct(x, False, generator)).cpu())
+            save_grid(grid, recon, nrow=width)
+            for path in (samples, recon):
+                self.client.log_artifact(self.run_id, str(path), artifact_path=tracking.FIGURES)
+        progress = trainer.out / PROGRESS_DIR
+        if progress.is_dir():
+            for path in sorted(progress.glob("*.png")) + sorted(progress.glob("*.gif")):
+                self.client.log_artifact(self.run_id, str(path), artifact_path=f"{tracking.FIGURES}/progress")
+        self.client.set_terminated(self.run_id, "FINISHED")
+
+
 # -- collapse monitor ------------------------------------------------------------------------
 
 class CollapseMonitor:
@@ -232,4 +293,6 @@ def training_callbacks(config) -> list:
         callbacks.append(StepStats(t.stats_every_steps))
     if t.tensorboard:
         callbacks.append(TensorBoardLogger(image_every=t.sample_every or 1))
+    if t.mlflow:
+        callbacks.append(MlflowLogger())
     return callbacks
