@@ -252,3 +252,16 @@ def test_the_reference_tells_a_wrong_prior_apart(trained, one_torch_thread):
         z, log_q = draw(*gaussian_head(m.posterior_head(m.encoder(x))), eps)
         wrong, _ = estimate(log_px(m, z, x) + normal_log_pdf(z, torch.ones_like(z), torch.zeros_like(z)) - log_q)
     assert torch.all((wrong - right).abs() > 10 * SAME_DRAWS_TOLERANCE)
+
+
+def test_eval_scores_stochastically_binarized_images_like_the_papers():
+    """The VampPrior and IWAE papers' test sets are binarized at random with P(x = 1) = u / 255,
+    not thresholded; `vaelab eval` scores such a draw, made once per image."""
+    from vaelab.transforms import DynamicBinarize
+
+    u = torch.as_tensor(vaelab.load_dataset("mnist-sample", "test").images[:500])
+    x = DynamicBinarize().fixed(u)
+    grey = (u > 25) & (u < 230)  # the pixels a threshold would decide one way for certain
+    assert abs(float(x[grey].mean()) - float(u[grey].double().mean() / 255)) < 0.01
+    assert 0.1 < float(x[grey & (u < 128)].mean()) and float(x[grey & (u >= 128)].mean()) < 0.9
+    assert torch.equal(x, DynamicBinarize().fixed(u))  # the same draw in every evaluation
