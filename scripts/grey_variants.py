@@ -9,8 +9,8 @@ form `data.name=folder:GREY/NAME` reads; the images of different variants are di
 - ``inverted``: training images 8,000-15,999 and test images 2,000-3,999, 255 - pixel
 - ``rotated``: training images 16,000-23,999 and test images 4,000-5,999, each turned by its
   own angle drawn uniformly from [-45, 45] degrees (seeded)
-- ``digits-0-4``: 8,000 training images of the digits 0-4 from 24,000 on, tested on 2,000
-  test images of the digits 5-9 from 6,000 on (classes the model never saw)
+- ``digits-0-4``: 8,000 training images of the digits 0-4 from 24,000 on, tested on the
+  1,934 test images of the digits 5-9 from 6,000 on (classes the model never saw)
 - ``cifar-grey``: CIFAR-10 training JPEGs (``cifar10/train`` under the data dir) as 28x28
   grey (Pillow's "L" conversion, then a bicubic resize): 8,000 to train on, 2,000 other
   images as the test split (natural images, not digits: for the unsupervised findings)
@@ -68,9 +68,8 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     train = vaelab.load_dataset("mnist", "train", data_dir=args.data_dir)
     test = vaelab.load_dataset("mnist", "test", data_dir=args.data_dir)
-    tr, tr_y = train.images[:, 0], train.labels.numpy() if hasattr(train.labels, "numpy") else train.labels
-    te, te_y = test.images[:, 0], test.labels.numpy() if hasattr(test.labels, "numpy") else test.labels
-    tr, te = np.asarray(tr), np.asarray(te)
+    tr, tr_y = np.asarray(train.images[:, 0]), np.asarray(train.labels)
+    te, te_y = np.asarray(test.images[:, 0]), np.asarray(test.labels)
 
     def block(images, labels, start, n):
         return images[start:start + n], labels[start:start + n]

@@ -39,8 +39,8 @@ def cmd_reproduce(args) -> int:
     failed = 0
     for name in names:
         report = reproduce(name, out / name if len(names) > 1 else out, seeds, colour_data=args.colour_data,
-                           grey_data=args.grey_data, data_dir=args.data_dir, threads=args.threads, iw_samples=args.iw_samples,
-                           overwrite=args.overwrite, log=say)
+                           grey_data=args.grey_data, data_dir=args.data_dir, threads=args.threads,
+                           iw_samples=args.iw_samples, overwrite=args.overwrite, log=say)
         failed += report["reproduced_on"] < report["of"]
         print(f"{name}: reproduced on {report['reproduced_on']} of {report['of']} seeds "
               f"({report['minutes']} min); {out / name if len(names) > 1 else out}/results.md")
