@@ -39,7 +39,7 @@ def main() -> None:
         print(f"| `{r['finding']}` | {r['writeup']} | {r['reproduced_on']} of {r['of']} seeds | "
               f"{r['training_minutes']} |")
     for r in reports:
-        print(f"\n### {r['finding']}\n\n{finding_table(r)}")
+        print(f"\n### {r['finding']}, data: {r.get('data') or 'mnist'}\n\n{finding_table(r)}")
     if args.figures:
         from PIL import Image
 

@@ -21,7 +21,7 @@ from vaelab.data import load_dataset
 from vaelab.diagnostics import diagnose_model, judge_model, psnr
 from vaelab.evaluate import ReconstructionError
 from vaelab.figures import across_classes
-from vaelab.findings import FINDINGS, Criterion, arm_config, colour_overrides
+from vaelab.findings import FINDINGS, Criterion, arm_config, colour_overrides, grey_overrides, results_markdown
 from vaelab.model import VAE
 from vaelab.presets import load_preset
 from vaelab.rundir.progress import read_step_stats
@@ -197,6 +197,40 @@ def test_the_checks_pass_and_fail_on_the_numbers_they_state():
     assert not nan({**runs, "relu, eps 1e-8": {"status": "finished", "elbo": -5e4,
                                                "rows": [{"grad_norm_max": 2e6}]}})[2].passed
     assert isinstance(nan(runs)[0], Criterion)
+
+
+def test_annealing_is_checked_at_the_end_of_the_budget():
+    """The annealed code must survive the weight's rise to its cap: at least 10 active units
+    and 5 nats of KL at the end, never a collapse on the way; the constant weight 1 collapses."""
+    check = FINDINGS["annealing"].check
+    rising = [{"beta": 0.0, "kl": 300.0, "active_units": 32}, {"beta": 0.0005, "kl": 40.0, "active_units": 20}]
+    constant = _result(rows=[{"val_kl": 0.01}])
+    kept = {"annealed": _result(kl=12.0, active_units=14, beta=0.001, beta_cap=0.001, steps=rising),
+            "constant": constant}
+    assert all(c.passed for c in check(kept))
+    weak = {**kept, "annealed": _result(kl=4.0, active_units=14, beta=0.001, beta_cap=0.001, steps=rising)}
+    assert [c.passed for c in check(weak)] == [True, True, False, True]
+    early = {**kept, "annealed": _result(kl=12.0, active_units=14, beta=0.0004, beta_cap=0.001, steps=rising)}
+    assert not check(early)[1].passed  # the cap was never reached: the budget did not test it
+    died = rising + [{"beta": 0.0008, "kl": 0.1, "active_units": 0}]
+    dead = {**kept, "annealed": _result(kl=12.0, active_units=14, beta=0.001, beta_cap=0.001, steps=died)}
+    assert not check(dead)[3].passed
+    assert not check({**kept, "constant": _result(rows=[{"val_kl": 3.0}])})[0].passed
+
+
+def test_grey_findings_run_on_any_grey_dataset_and_say_which():
+    finding = FINDINGS["annealing"]
+    config = arm_config(finding, finding.arms[0], seed=0, colour_data="svhn", data_dir=None, threads=1,
+                        grey_data="folder:/some/grey")
+    assert (config.data.name, config.data.channels, config.data.image_size) == ("folder:/some/grey", 1, 28)
+    assert arm_config(finding, finding.arms[0], 0, "svhn", None, 1).data.name == "mnist"
+    assert grey_overrides("kmnist") == ["data.name=kmnist"] and grey_overrides("mnist") == []
+    assert "inverted" in finding.checked_on and "CIFAR" in finding.checked_on
+    report = {"finding": "annealing", "claim": finding.claim, "writeup": finding.writeup, "reproduced_on": 1, "of": 1,
+              "training_minutes": 1.0, "minutes": 1.0, "budget_minutes_per_seed": 3.0, "note": "", "seeds": [],
+              "data": "folder:/some/grey", "checked_on": finding.checked_on}
+    text = results_markdown(report)
+    assert "Data of this run: folder:/some/grey." in text and "Checked on, when written up: MNIST" in text
 
 
 def test_reproduce_lists_and_refuses_bad_input(capsys, tmp_path):

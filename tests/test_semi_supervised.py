@@ -76,6 +76,21 @@ def test_labelled_bound_and_loss_weights():
     assert float(out.loss.detach()) == pytest.approx(float(0.25 * (-unl).mean() + 0.5 * (-lab).mean() + 3.0 * ce), rel=1e-5)
 
 
+def test_labelled_weight_counts_each_labelled_bound_that_many_times():
+    """Kingma's objective over N images, per image: (N_u/N, N_l/N, alpha/N); train.labelled_weight
+    multiplies the labelled bound's share (1 by default: each image counted once)."""
+    from vaelab.training.trainer import SemiSupervised
+
+    data = prepare_data(config().data, seed=0)
+    n, n_l = len(data.train), len(data.labelled)
+    kingma = SemiSupervised(data, config().train, torch.device("cpu")).weights
+    heavier = SemiSupervised(data, config("train.labelled_weight=17").train, torch.device("cpu")).weights
+    assert kingma == pytest.approx(((n - n_l) / n, n_l / n, 0.1))
+    assert heavier == pytest.approx(((n - n_l) / n, 17 * n_l / n, 0.1))
+    with pytest.raises(VaelabError, match="labelled_weight"):
+        config("train.labelled_weight=-1")
+
+
 def test_shards_of_a_batch_add_up_to_the_whole_batch():
     """DDP: each process takes a contiguous shard (here the labelled images all land in the
     second) and the whole batch's counts; weighted by shard size, the shards' losses, reported

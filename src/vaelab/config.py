@@ -117,6 +117,7 @@ class TrainConfig:
     free_bits: float = 0.0  # nats per latent dimension (0: off)
     labelled_batch: int = 100  # semi-supervised: labelled images added to every batch
     class_weight: float = 0.1  # semi-supervised: alpha / N of the classification term (Kingma: alpha = 0.1 N)
+    labelled_weight: float = 1.0  # semi-supervised: a labelled image's bound weighed as this many unlabelled ones (Kingma: 1)
     grad_clip: float = 0.0  # max gradient norm (0: off)
     lr_schedule: str = "constant"
     lr_step_epochs: int = 30
@@ -305,6 +306,7 @@ class Config:
                               f"({model.n_classes}), e.g. data.labelled=100")
         _at_least("train.labelled_batch", train.labelled_batch, 1)
         _at_least("train.class_weight", train.class_weight, 0.0)
+        _at_least("train.labelled_weight", train.labelled_weight, 0.0)
         if model.prior != "standard-normal" or model.flow_steps:
             raise VaelabError("model.family=m2 has an N(0, I) prior on z and no flow: set model.prior=standard-normal "
                               "and model.flow_steps=0")

@@ -23,7 +23,8 @@ def cmd_reproduce(args) -> int:
 
     if args.list or not args.finding:
         for finding in FINDINGS.values():
-            print(f"{finding.name:12s} {finding.minutes:4.0f} min/seed  {finding.writeup}: {finding.claim}")
+            print(f"{finding.name:12s} {finding.minutes:4.0f} min/seed  {finding.writeup}: {finding.claim}"
+                  + (f" (checked on {finding.checked_on})" if finding.checked_on else ""))
         return 0
     names = list(FINDINGS) if args.finding == "all" else [args.finding]
     if args.finding != "all" and args.finding not in FINDINGS:
@@ -38,8 +39,8 @@ def cmd_reproduce(args) -> int:
     failed = 0
     for name in names:
         report = reproduce(name, out / name if len(names) > 1 else out, seeds, colour_data=args.colour_data,
-                           data_dir=args.data_dir, threads=args.threads, iw_samples=args.iw_samples,
-                           overwrite=args.overwrite, track=args.track, log=say)
+                           grey_data=args.grey_data, data_dir=args.data_dir, threads=args.threads,
+                           iw_samples=args.iw_samples, overwrite=args.overwrite, track=args.track, log=say)
         failed += report["reproduced_on"] < report["of"]
         print(f"{name}: reproduced on {report['reproduced_on']} of {report['of']} seeds "
               f"({report['minutes']} min); {out / name if len(names) > 1 else out}/results.md")
@@ -54,6 +55,8 @@ def register(subparsers) -> None:
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     p.add_argument("--colour-data", default="svhn", metavar="NAME",
                    help="the colour dataset for the SVHN findings: svhn, or folder:PATH of 32x32 colour images")
+    p.add_argument("--grey-data", default="mnist", metavar="NAME",
+                   help="the grey dataset for the MNIST findings: mnist, or folder:PATH of 28x28 grey images")
     add_data_dir(p)
     p.add_argument("--threads", type=int, default=0, help="CPU threads per run (0: torch's default)")
     p.add_argument("--iw-samples", type=int, default=100, metavar="K", help="importance samples for -log p(x), where a check reads it")

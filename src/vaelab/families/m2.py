@@ -15,7 +15,8 @@ continuous style z ~ N(0, I). Inference: a classifier q(y | x) and q(z | x, y).
 A training batch holds unlabelled images (label -1) and labelled ones. With ``weights``
 (w_u, w_l, w_ce) the loss is w_u * mean_unlabelled(-U) + w_l * mean_labelled(-L) +
 w_ce * mean_labelled(-log q(y|x)): with w_u = N_u / N, w_l = N_l / N and w_ce = alpha / N it
-is Kingma's objective J^alpha divided by N, in nats per image.
+is Kingma's objective J^alpha divided by N, in nats per image (train.labelled_weight multiplies
+w_l: each labelled image's bound counted that many times).
 
 Evaluation measures log p(x): the ELBO is U(x), and the importance-weighted estimate is
 log sum_y p(y) p^(x | y) with K samples of z per class. ``decode(z)`` draws the first class

@@ -612,8 +612,9 @@ class SemiSupervised:
         self.targets = data.train_labels.to(device)
         self.seed, self.size = training.seed, training.labelled_batch
         n_l = len(self.labelled)
-        # J^alpha / N = (N_u/N) mean(-U) + (N_l/N) mean(-L) + (alpha/N) mean(-log q(y|x)), alpha / N = class_weight
-        self.weights = (len(self.unlabelled) / n, n_l / n, training.class_weight)
+        # J^alpha / N = (N_u/N) mean(-U) + (N_l/N) mean(-L) + (alpha/N) mean(-log q(y|x)), alpha / N = class_weight;
+        # labelled_weight counts each labelled image's bound that many times
+        self.weights = (len(self.unlabelled) / n, training.labelled_weight * n_l / n, training.class_weight)
 
     def batch(self, unlabelled_idx: torch.Tensor, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(indices into train: the unlabelled ones then this step's labelled ones, labels)."""

@@ -1,0 +1,93 @@
+"""Build grey 28x28 datasets that vaelab was not tuned on, as a user would hand them over.
+
+    python scripts/grey_variants.py --data-dir ../shared/data --out GREY
+
+Each variant is an image folder (PNG, one subfolder per class, ``train/`` and ``test/``), the
+form `data.name=folder:GREY/NAME` reads; the images of different variants are disjoint:
+
+- ``mnist-8k``: MNIST training images 0-7,999, test images 0-1,999 (the one tuned on)
+- ``inverted``: training images 8,000-15,999 and test images 2,000-3,999, 255 - pixel
+- ``rotated``: training images 16,000-23,999 and test images 4,000-5,999, each turned by its
+  own angle drawn uniformly from [-45, 45] degrees (seeded)
+- ``digits-0-4``: 8,000 training images of the digits 0-4 from 24,000 on, tested on the
+  1,934 test images of the digits 5-9 from 6,000 on (classes the model never saw)
+- ``cifar-grey``: CIFAR-10 training JPEGs (``cifar10/train`` under the data dir) as 28x28
+  grey (Pillow's "L" conversion, then a bicubic resize): 8,000 to train on, 2,000 other
+  images as the test split (natural images, not digits: for the unsupervised findings)
+
+8,000 training images is the size of the sister dataset of issue 20.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+TRAIN, TEST = 8000, 2000
+
+
+def write_split(root: Path, images: np.ndarray, labels: np.ndarray) -> None:
+    """uint8 (N, 28, 28) images as ROOT/LABEL/NNNNN.png."""
+    for i, (image, label) in enumerate(zip(images, labels)):
+        folder = root / str(int(label))
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image, mode="L").save(folder / f"{i:05d}.png")
+
+
+def rotate(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    angles = rng.uniform(-45, 45, len(images))
+    return np.stack([np.asarray(Image.fromarray(im).rotate(a, resample=Image.BILINEAR)) for im, a in zip(images, angles)])
+
+
+def cifar_grey(folder: Path, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    files = sorted(folder.glob("*/*.jpg"))
+    if not files:
+        raise SystemExit(f"no CIFAR-10 JPEGs under {folder}")
+    classes = sorted({f.parent.name for f in files})
+    picks = rng.choice(len(files), TRAIN + TEST, replace=False)
+    images = np.stack([np.asarray(Image.open(files[i]).convert("L").resize((28, 28), Image.BICUBIC)) for i in picks])
+    labels = np.array([classes.index(files[i].parent.name) for i in picks])
+    return images, labels
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", required=True, help="holds mnist/ (the IDX .gz files) and cifar10/train/")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    import vaelab
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise SystemExit(f"{out} is not empty: choose another --out")
+    rng = np.random.default_rng(args.seed)
+    train = vaelab.load_dataset("mnist", "train", data_dir=args.data_dir)
+    test = vaelab.load_dataset("mnist", "test", data_dir=args.data_dir)
+    tr, tr_y = np.asarray(train.images[:, 0]), np.asarray(train.labels)
+    te, te_y = np.asarray(test.images[:, 0]), np.asarray(test.labels)
+
+    def block(images, labels, start, n):
+        return images[start:start + n], labels[start:start + n]
+
+    variants = {
+        "mnist-8k": (block(tr, tr_y, 0, TRAIN), block(te, te_y, 0, TEST)),
+        "inverted": tuple((255 - x, y) for x, y in (block(tr, tr_y, 8000, TRAIN), block(te, te_y, 2000, TEST))),
+        "rotated": tuple((rotate(x, rng), y) for x, y in (block(tr, tr_y, 16000, TRAIN), block(te, te_y, 4000, TEST))),
+    }
+    low, high = np.flatnonzero(tr_y[24000:] < 5)[:TRAIN] + 24000, np.flatnonzero(te_y[6000:] >= 5)[:TEST] + 6000
+    variants["digits-0-4"] = ((tr[low], tr_y[low]), (te[high], te_y[high]))
+    images, labels = cifar_grey(Path(args.data_dir) / "cifar10" / "train", rng)
+    variants["cifar-grey"] = ((images[:TRAIN], labels[:TRAIN]), (images[TRAIN:], labels[TRAIN:]))
+    for name, ((x, y), (xt, yt)) in variants.items():
+        write_split(out / name / "train", x, y)
+        write_split(out / name / "test", xt, yt)
+        print(f"{out / name}: {len(x)} train, {len(xt)} test images", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
