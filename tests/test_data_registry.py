@@ -100,7 +100,7 @@ def test_builtin_files_and_license_ship_in_package():
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"split": "validation"}, "no 'validation' split; choose one of train, test"),
-    ({"split": 1}, "split must be a string"),
+    ({"split": 1}, "split must be a plain name"),
     ({"image_size": 0}, "data.image_size"),
     ({"image_size": 2.5}, "data.image_size"),
     ({"image_size": True}, "data.image_size"),

@@ -507,7 +507,7 @@ EVAL_OPTIONS = ("eval", "report", "compare")
     (["--iw-samples", "-2"], "must be 0 or more"),
     (["--probe-labels", "-3"], "must be 0 or more"),
     (["--no-such-option"], "unrecognized arguments"),
-    (["--seed", "-1"], "must be a whole number 0 or more"),
+    (["--seed", "-1"], "must be a whole number from 0 to"),
     (["--split", "bogus"], "has no 'bogus' split"),
 ])
 def test_every_reading_command_treats_a_shared_option_alike(command, bad, expected, tiny_run, tmp_path, capsys):
