@@ -95,7 +95,7 @@ def pythae_vae_from_vaelab(model) -> "PythaeVAE":
     return vae
 
 
-# -- training: pythae's BaseTrainer on issue 6's anchor network --------------------------------
+# -- training: pythae's BaseTrainer on the anchor network --------------------------------
 class PlainEncoder(BaseEncoder):
     """784-512-512 ReLU MLP and one linear head giving (mean, log-variance): plain torch layers."""
 
@@ -246,7 +246,7 @@ class PythaeTraining:
 
 
 def anchor_model(ref_config, event_shape, seed: int):
-    """pythae VAE of issue 6's anchor: the hand-written network of train_throughput.build_reference."""
+    """pythae VAE of the anchor model: the hand-written network of train_throughput.build_reference."""
     from train_throughput import build_reference
 
     with torch.random.fork_rng():

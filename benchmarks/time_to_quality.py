@@ -9,7 +9,7 @@ on the first --test-images MNIST test images with vaelab's evaluator; that evalu
 kept off the clock. The clock is everything else a user waits for: data loading, model
 setup, every training step, validation and checkpoints.
 
---reference also trains the hand-written minimal loop of issue 6's anchor (784-512-512-32
+--reference also trains the hand-written minimal loop of the anchor model (784-512-512-32
 ReLU Bernoulli VAE, batch 128, Adam 1e-3, default denormal handling; 30 epochs took 182 s
 here and pythae 191 s) in the same process, one reference epoch after each vaelab epoch,
 and evaluates it the same way (its weights copied into a vaelab VAE of the same shape).

@@ -40,7 +40,7 @@ from _common import base_parser, data_dir, machine, matmul_flops, median, table 
 
 from vaelab.presets import load_preset  # noqa: E402
 
-#: model name -> (preset, --set overrides); "mlp-512" is the 784-512-512-32 ReLU model of issue 6's anchors
+#: model name -> (preset, --set overrides); "mlp-512" is the 784-512-512-32 ReLU anchor model (the minimal loop and pythae)
 MODELS = {
     "mnist-mlp": ("mnist-mlp", []),
     "mlp-512": ("mnist-mlp", ["model.hidden=512,512", "model.latent_dim=32", "model.activation=relu"]),

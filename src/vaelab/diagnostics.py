@@ -139,7 +139,7 @@ def judge_model(kl: float | None, active_units: int | None, beta: float = 1.0,
         return Finding("dead-encoder", "dead encoder", f"the posterior means are the same for every image{at} "
                        f"although nothing pulls them together ({why}): the encoder never learned to read the "
                        f"image, so KL annealing will not help. Usual causes: ReLU units dead from the start "
-                       f"(conv networks use He initialisation since issue 10), a learning rate too high, no "
+                       f"(vaelab's conv networks start from He initialisation), a learning rate too high, no "
                        f"normalisation; try another train.seed, a lower train.lr, model.batch_norm=true or "
                        f"model.activation=leaky_relu")
     if _finite(z_sensitivity) and z_sensitivity < Z_SENSITIVITY_THRESHOLD and beta > 0:

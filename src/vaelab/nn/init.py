@@ -4,7 +4,7 @@ PyTorch's default init (uniform, variance 1/(3 fan-in)) shrinks the signal by ab
 sqrt(6) at every ReLU layer. Through the conv encoder (two convs, a dense layer, the
 posterior head) the posterior means then barely differ between images, the decoder learns
 the mean image first, and on some seeds the encoder never recovers: a dead encoder that
-fails even with KL weight 0 (issue 10). He et al. 2015's variance 2/fan-in keeps the
+fails even with KL weight 0 (seen on svhn-conv-gaussian before this init). He et al. 2015's variance 2/fan-in keeps the
 signal's scale through ReLU layers. Biases start at zero.
 """
 

@@ -57,7 +57,7 @@ class KLSchedule:
         self.best_recon = state["best_recon"]
         if "start" in state:
             self.start = state["start"]
-        elif state.get("annealing"):  # checkpoints before issue 10: the weight stepped once an epoch
+        elif state.get("annealing"):  # older checkpoints: the weight stepped once an epoch
             self.start = epoch - state["weight"] / self.step if self.step > 0 else float(epoch)
         else:
             self.start = None
