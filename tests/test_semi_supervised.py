@@ -76,6 +76,35 @@ def test_labelled_bound_and_loss_weights():
     assert float(out.loss.detach()) == pytest.approx(float(0.25 * (-unl).mean() + 0.5 * (-lab).mean() + 3.0 * ce), rel=1e-5)
 
 
+def test_entropy_weight_scales_the_unlabelled_bounds_entropy_term():
+    """train.entropy_weight = lambda trains on sum_y q(y|x) L(x, y) + lambda H(q(y|x)) (lambda = 1:
+    Kingma's U); the reported bound stays U, and lambda outside [0, 1] is refused."""
+    model = tiny_model()
+    x = torch.bernoulli(torch.full((4, 1, 4, 4), 0.4))
+    labels = torch.tensor([-1, 2, -1, 7])
+    eps = torch.randn(4, 3)
+    weights = (0.25, 0.5, 3.0)
+    kingma = model.loss(x, labels=labels, noise=eps, weights=weights)
+    with torch.no_grad():
+        u = x[[0, 2]]
+        log_qy = model.classify(u)
+        per_class = torch.stack([by_hand_labelled(model, u, torch.full((2,), c), eps[[0, 2]]) for c in range(10)], 1)
+        expected_sum = (log_qy.exp() * per_class).sum(1)  # sum_y q(y|x) L(x, y)
+        entropy = -(log_qy.exp() * log_qy).sum(1)
+    for lam in (0.0, 0.3, 1.0):
+        out = model.loss(x, labels=labels, noise=eps, weights=weights, entropy_weight=lam)
+        # only the unlabelled part moves: by (1 - lambda) H, weighted as that part is
+        shift = float(0.25 * (-(expected_sum + lam * entropy)).mean() - 0.25 * (-(expected_sum + entropy)).mean())
+        assert float(out.loss.detach()) == pytest.approx(float(kingma.loss.detach()) + shift, rel=1e-5)
+        assert float(out.elbo) == pytest.approx(float(kingma.elbo), rel=1e-6)  # what is reported is U
+    assert config("train.entropy_weight=0").train.entropy_weight == 0.0
+    for bad in ("-0.1", "1.5"):
+        with pytest.raises(VaelabError, match="entropy_weight must be between 0 and 1"):
+            config(f"train.entropy_weight={bad}")
+    with pytest.raises(VaelabError, match="entropy_weight"):
+        config("train.entropy_weight=nan")
+
+
 def test_labelled_weight_counts_each_labelled_bound_that_many_times():
     """Kingma's objective over N images, per image: (N_u/N, N_l/N, alpha/N); train.labelled_weight
     multiplies the labelled bound's share (1 by default: each image counted once)."""
