@@ -15,7 +15,7 @@ form `data.name=folder:GREY/NAME` reads; the images of different variants are di
   grey (Pillow's "L" conversion, then a bicubic resize): 8,000 to train on, 2,000 other
   images as the test split (natural images, not digits: for the unsupervised findings)
 
-8,000 training images is the size of the sister handwriting dataset on which M2 and annealing were first found not to hold.
+8,000 training images is the size of the sister dataset a user tried the few-label presets on.
 """
 
 from __future__ import annotations

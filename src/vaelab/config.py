@@ -118,6 +118,7 @@ class TrainConfig:
     labelled_batch: int = 100  # semi-supervised: labelled images added to every batch
     class_weight: float = 0.1  # semi-supervised: alpha / N of the classification term (Kingma: alpha = 0.1 N)
     labelled_weight: float = 1.0  # semi-supervised: a labelled image's bound weighed as this many unlabelled ones (Kingma: 1)
+    entropy_weight: float = 1.0  # semi-supervised: the weight of H(q(y|x)) in the unlabelled bound trained on (Kingma: 1)
     grad_clip: float = 0.0  # max gradient norm (0: off)
     lr_schedule: str = "constant"
     lr_step_epochs: int = 30
@@ -307,6 +308,9 @@ class Config:
         _at_least("train.labelled_batch", train.labelled_batch, 1)
         _at_least("train.class_weight", train.class_weight, 0.0)
         _at_least("train.labelled_weight", train.labelled_weight, 0.0)
+        if not 0.0 <= train.entropy_weight <= 1.0:  # outside [0, 1] the bound trained on is no bound on log p(x)
+            raise VaelabError(f"train.entropy_weight must be between 0 and 1 (the unlabelled bound's entropy term, "
+                              f"weighted, stays a lower bound on log p(x)), got {train.entropy_weight}")
         if model.prior != "standard-normal" or model.flow_steps:
             raise VaelabError("model.family=m2 has an N(0, I) prior on z and no flow: set model.prior=standard-normal "
                               "and model.flow_steps=0")

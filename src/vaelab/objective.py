@@ -17,7 +17,7 @@ def training_loss(model, x: torch.Tensor, beta: float, train, noise: torch.Tenso
     shard of a batch, the whole batch's ``counts`` of unlabelled and labelled images."""
     if labels is not None:
         return model.loss(x, beta=beta, free_bits=train.free_bits, noise=noise, labels=labels, weights=weights,
-                          counts=counts)
+                          counts=counts, entropy_weight=train.entropy_weight)
     if train.objective == "iwae":
         return model.iwae_loss(x, train.iw_samples, noise=noise)
     return model.loss(x, beta=beta, free_bits=train.free_bits, noise=noise)

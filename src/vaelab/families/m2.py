@@ -11,6 +11,13 @@ continuous style z ~ N(0, I). Inference: a classifier q(y | x) and q(z | x, y).
 - The classifier also learns from the labels directly: J^alpha = J + alpha E_labelled[-log q(y|x)]
   (J the sum of the bounds over the training set), with Kingma's alpha = 0.1 N (N the
   training images): train.class_weight = alpha / N = 0.1.
+- Training may weigh the entropy term of U by lambda = train.entropy_weight in [0, 1]:
+  U_lambda(x) = sum_y q(y|x) L(x, y) + lambda H(q(y|x)) <= U(x), still a lower bound on log p(x).
+  The best q(y|x) for U_lambda is proportional to exp(L(x, y) / lambda): the model's own
+  posterior over classes, sharpened. With lambda = 1 (Kingma) it is that posterior, which is
+  uniform while the decoder ignores y, so early on every unlabelled image pulls q(y|x) towards
+  uniform, against the labels; lambda = 0 drops that pull (docs/reproductions.md measures it).
+  Reported bounds and evaluation are always U(x).
 
 A training batch holds unlabelled images (label -1) and labelled ones. With ``weights``
 (w_u, w_l, w_ce) the loss is w_u * mean_unlabelled(-U) + w_l * mean_labelled(-L) +
@@ -112,11 +119,12 @@ class M2(nn.Module):
     def loss(self, x: torch.Tensor, beta: float = 1.0, free_bits: float = 0.0,
              generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
              labels: torch.Tensor | None = None, weights: tuple[float, float, float] = (1.0, 1.0, 0.0),
-             counts: tuple[int, int] | None = None) -> LossOutput:
+             counts: tuple[int, int] | None = None, entropy_weight: float = 1.0) -> LossOutput:
         """Kingma's objective over a batch of unlabelled (label -1) and labelled images; the
         reported recon, KL and ELBO are over the unlabelled ones (all, if none carry labels).
         ``beta`` weights the KL of z (and of y: the whole KL term); free bits are not offered
-        (the config refuses them).
+        (the config refuses them). ``entropy_weight`` is lambda of U_lambda, the unlabelled
+        bound trained on.
 
         ``counts`` (unlabelled, labelled) are the whole batch's when ``x`` is one process's
         shard of it (DDP): the means are then over the whole batch, and every value comes back
@@ -135,7 +143,9 @@ class M2(nn.Module):
         report = None  # sums of (recon, KL, KL per dim), and over how many images of the whole batch
         if here_u:
             bound, recon, kl, kl_per_dim = self._unlabelled(x[unl], h[unl], eps[unl], log_qy[unl])
-            loss = loss + w_u * (recon + beta * kl).sum() / n_u
+            # -U_lambda = -U + (1 - lambda) H, with H = KL(q(z)) + log C - KL (the whole KL)
+            entropy = kl_per_dim.sum(-1) + math.log(self.n_classes) - kl
+            loss = loss + w_u * (recon + beta * (kl + (1 - entropy_weight) * entropy)).sum() / n_u
             report = (recon, kl, kl_per_dim, n_u)
         if here_l:
             bound_l, recon_l, kl_l, _ = self._labelled(x[known], h[known], labels[known], eps[known])
