@@ -63,7 +63,7 @@ class Clock:
                                 labels=self.test_labels)
         trainer.model.train()
         self.points.append({"epoch": epoch, "minutes": seconds / 60, "nll_iw": result["nll_iw"],
-                            "elbo": result["elbo"], "active_units": result["active_units"],
+                            "bits_per_dim": result.get("bits_per_dim"), "elbo": result["elbo"], "active_units": result["active_units"],
                             "class_error": result.get("class_error"),  # a semi-supervised model's
                             "eval_seconds": time.perf_counter() - started})
         self.log(self.points[-1])

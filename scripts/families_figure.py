@@ -1,8 +1,10 @@
-"""The against-minutes figures of docs/reproductions.md from benchmarks/families.py's JSON:
-test nats (families) or test classification error (M2, M1+M2) against training minutes.
+"""The against-minutes figures of docs/reproductions.md from benchmarks/families.py's (or
+benchmarks/colour.py's) JSON: test nats (families), held-out bits/dim (colour) or test
+classification error (M2, M1+M2) against training minutes.
 
     python scripts/families_figure.py A.json B.json ... --out docs/images/families-time-to-quality.png
     python scripts/families_figure.py m1m2.json --metric class_error --targets 3.33 --out docs/images/m1m2-error.png
+    python scripts/families_figure.py colour.json --metric bits_per_dim --out docs/images/colour-time-to-quality.png
 """
 
 from __future__ import annotations
@@ -20,14 +22,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 METRICS = {
     "nll_iw": ("test -log p(x), nats/image", "Time to quality, dynamically binarized MNIST\n"
                "(lines: K=1000 on the first 2,000 test images; stars: the final estimate)", 1.0),
+    "bits_per_dim": ("held-out bits/dim (-log2 P of the 8-bit pixels)", "Time to quality, 32x32 colour "
+                     "(CIFAR-10 training JPEGs, held-out part)\n(lines: the points' K and images; stars: the final "
+                     "estimate)", 1.0),
     "class_error": ("test classification error, %", "Few labels: test error against training minutes\n"
                     "(each point: all evaluated test images)", 100.0),
 }
 
 
 def _label(result: dict, metric: str, final: dict) -> str:
-    if metric == "nll_iw":
-        return f"{final['nll_iw']:.2f} (K={final['iw_samples']}, {final['n_images']:,} images)"
+    if metric in ("nll_iw", "bits_per_dim"):
+        return f"{final[metric]:.2f} (K={final['iw_samples']}, {final['n_images']:,} images)"
     return f"{100 * final['class_error']:.2f} % ({final['n_images']:,} images)"
 
 
@@ -40,7 +45,7 @@ def main() -> None:
     parser.add_argument("--labels", default=None, help="legend labels separated by | (default: the presets)")
     args = parser.parse_args()
     ylabel, title, scale = METRICS[args.metric]
-    targets = args.targets if args.targets is not None else ("84,82" if args.metric == "nll_iw" else "")
+    targets = args.targets if args.targets is not None else {"nll_iw": "84,82", "bits_per_dim": "4.5"}.get(args.metric, "")
     labels = args.labels.split("|") if args.labels else []
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=100)
     for i, path in enumerate(args.results):

@@ -284,6 +284,144 @@ def test_discretized_logistic_mean_is_the_pmf_mean():
 
 
 # ---------------------------------------------------------------------------------------
+# The RGB mixture (PixelCNN++): components over whole pixels, R -> G -> B coupled means
+# ---------------------------------------------------------------------------------------
+def rgb_params(k: int, b: int = 1, h: int = 1, w: int = 1, seed: int = 0, dtype=torch.float64) -> torch.Tensor:
+    """Random parameters in the layout of the RGB mixture: (b, 4k, 3, h, w)."""
+    g = gen(seed)
+    logits = torch.randn(b, k, 3, h, w, generator=g, dtype=dtype)
+    means = torch.rand(b, k, 3, h, w, generator=g, dtype=dtype) * 1.2 - 0.1
+    log_s = torch.rand(b, k, 3, h, w, generator=g, dtype=dtype) * 3 - 5
+    coeffs = torch.randn(b, k, 3, h, w, generator=g, dtype=dtype)
+    return torch.cat([logits, means, log_s, coeffs], dim=1)
+
+
+def ref_rgb_log_prob(params: np.ndarray, rgb: tuple[int, int, int]) -> float:
+    """log P(pixel) written out with the math module: params (4k, 3) for one pixel."""
+    k = params.shape[0] // 4
+    x = [v / 255 for v in rgb]
+
+    def log_cdf(y):  # log sigmoid(y)
+        return -math.log1p(math.exp(-y)) if y > 0 else y - math.log1p(math.exp(y))
+
+    def channel(level, mu, s):
+        lo, hi = (level - 0.5 / 255 - mu) / s, (level + 0.5 / 255 - mu) / s
+        if round(level * 255) == 0:
+            return log_cdf(hi)
+        if round(level * 255) == 255:
+            return log_cdf(-lo)  # log(1 - sigmoid(lo))
+        if lo > 0:  # above the mean: from the upper tail, where the difference does not cancel
+            return math.log(1 / (1 + math.exp(lo)) - 1 / (1 + math.exp(hi)))
+        return math.log(1 / (1 + math.exp(-hi)) - 1 / (1 + math.exp(-lo)))
+
+    terms = []
+    logits = [sum(params[i, c] for c in range(3)) for i in range(k)]
+    log_norm = max(logits) + math.log(sum(math.exp(v - max(logits)) for v in logits))
+    for i in range(k):
+        m = params[k + i]
+        s = [math.exp(v) for v in params[2 * k + i]]
+        a, b, c = (math.tanh(v) for v in params[3 * k + i])
+        mus = [m[0], m[1] + a * x[0], m[2] + b * x[0] + c * x[1]]
+        terms.append(logits[i] - log_norm + sum(channel(x[ch], mus[ch], s[ch]) for ch in range(3)))
+    top = max(terms)
+    return top + math.log(sum(math.exp(t - top) for t in terms))
+
+
+def test_rgb_mixture_matches_plain_reference():
+    k = 3
+    lik = build_likelihood("discretized-logistic-mixture-rgb", (3, 2, 2), n_mixtures=k)
+    assert lik.n_params == 4 * k and lik.discrete_8bit and not lik.binary
+    params = rgb_params(k, b=2, h=2, w=2)
+    levels = torch.randint(0, 256, (2, 3, 2, 2), generator=gen(5))
+    levels[0, :, 0, 0] = torch.tensor([0, 255, 0])  # the edge bins
+    levels[1, :, 1, 1] = torch.tensor([255, 0, 255])
+    got = lik.log_prob(params, levels.double() / 255)
+    for n in range(2):
+        ref = sum(ref_rgb_log_prob(params[n, :, :, i, j].numpy(), tuple(levels[n, :, i, j].tolist()))
+                  for i in range(2) for j in range(2))
+        assert got[n].item() == pytest.approx(ref, rel=1e-10)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_rgb_mixture_conditionals_sum_to_one(seed):
+    # for a fixed red level, the exact sum over every green and blue (65,536 colours, float64)
+    # is P(red), the red channel's own mixture pmf, which sums to 1 over the reds
+    k = 4
+    lik = build_likelihood("discretized-logistic-mixture-rgb", (3, 1, 1), n_mixtures=k)
+    params = rgb_params(k, seed=seed)
+    params[:, 2 * k:3 * k] -= 2  # sharp components: mass in few bins, where a wrong coupling shows
+    gb = torch.cartesian_prod(torch.arange(256), torch.arange(256)).double() / 255
+    for red in (0, 77, 255):
+        x = torch.cat([torch.full((len(gb), 1), red / 255, dtype=torch.float64), gb], 1).view(-1, 3, 1, 1)
+        joint = lik.log_prob(params.expand(len(gb), -1, -1, -1, -1), x).exp().sum().item()
+        # P(red) from the mixture of the red channel alone (the coupling only moves G and B)
+        weights = torch.softmax(params[0, :k].sum(1)[:, 0, 0], 0)
+        single = build_likelihood("discretized-logistic", (1,))
+        red_pmf = sum(w * single.log_prob(torch.stack([params[0, k + i, 0, 0], params[0, 2 * k + i, 0, 0]]).view(1, 2, 1)
+                                          .expand(1, -1, -1), torch.tensor([[red / 255]], dtype=torch.float64)).exp()
+                      for i, w in enumerate(weights))
+        assert joint == pytest.approx(red_pmf.item(), rel=1e-9)
+
+
+def test_rgb_mixture_one_component_uncoupled_matches_torch_logistic():
+    # K=1 with no coupling: independent channels, each P(bin) a difference of logistic CDFs
+    from torch.distributions import AffineTransform, SigmoidTransform, TransformedDistribution, Uniform
+
+    lik = build_likelihood("discretized-logistic-mixture-rgb", (3, 4, 4), n_mixtures=1)
+    params = rgb_params(1, b=3, h=4, w=4, seed=7)
+    params[:, 3] = 0.0  # tanh(0): no coupling
+    params[:, 2] = params[:, 2] / 3 - 0.4  # scales of 0.1 to 0.4: plain CDF differences stay accurate
+    x = torch.randint(0, 256, (3, 3, 4, 4), generator=gen(8)).double() / 255
+    mu, s = params[:, 1], params[:, 2].exp()
+    logistic = TransformedDistribution(Uniform(torch.zeros_like(mu), torch.ones_like(mu)),
+                                       [SigmoidTransform().inv, AffineTransform(mu, s)])
+    upper = torch.where(x > 254.6 / 255, torch.ones_like(x), logistic.cdf(x + 0.5 / 255))
+    lower = torch.where(x < 0.4 / 255, torch.zeros_like(x), logistic.cdf(x - 0.5 / 255))
+    ref = (upper - lower).log().flatten(1).sum(1)
+    torch.testing.assert_close(lik.log_prob(params, x), ref, rtol=1e-8, atol=1e-8)
+
+
+def test_rgb_mixture_mean_and_samples():
+    k = 3
+    lik = build_likelihood("discretized-logistic-mixture-rgb", (3, 1, 1), n_mixtures=k)
+    params = rgb_params(k, seed=11)
+    params[:, 1 * k:2 * k] = params[:, 1 * k:2 * k].clamp(0.2, 0.6)  # away from the clipping at 0 and 1
+    draws = lik.sample(params.expand(N_DRAWS, -1, -1, -1, -1), generator=gen(12))
+    assert draws.shape == (N_DRAWS, 3, 1, 1)
+    assert torch.equal(draws, torch.round(draws * 255) / 255) and draws.min() >= 0 and draws.max() <= 1
+    # the draws follow the pmf: their frequencies of red levels match P(red), and their mean the mean
+    mean = lik.mean(params)[0].flatten()
+    se = draws.flatten(1).std(0) / math.sqrt(N_DRAWS)
+    assert torch.all((draws.flatten(1).mean(0) - mean).abs() < 5 * se + 2e-3)
+    torch.testing.assert_close(lik.sample(params, generator=gen(1)), lik.sample(params, generator=gen(1)))
+
+
+def test_rgb_mixture_gradients_finite_at_extremes():
+    k = 2
+    lik = build_likelihood("discretized-logistic-mixture-rgb", (3, 1, 2), n_mixtures=k)
+    params = rgb_params(k, h=1, w=2, dtype=torch.float32)
+    params[:, 2 * k:3 * k, :, 0, 0] = -40.0  # point masses
+    params[:, 2 * k:3 * k, :, 0, 1] = 30.0  # flat
+    params[:, k:2 * k] *= 30  # means far outside [0, 1]
+    params[:, :k] *= 50
+    params.requires_grad_(True)
+    x = torch.tensor([[[[0.0, 1.0]], [[1.0, 0.0]], [[128 / 255, 3 / 255]]]])
+    lp = lik.log_prob(params, x)
+    assert torch.isfinite(lp).all()
+    lp.sum().backward()
+    assert torch.isfinite(params.grad).all()
+
+
+def test_rgb_mixture_needs_three_channels():
+    for shape in ((1, 4, 4), (12,)):
+        with pytest.raises(VaelabError, match="RGB") as info:
+            build_likelihood("discretized-logistic-mixture-rgb", shape)
+        assert "\n" not in str(info.value)
+    with pytest.raises(VaelabError, match="n_mixtures"):
+        build_likelihood("discretized-logistic-mixture-rgb", (3, 2, 2), n_mixtures=0)
+
+
+# ---------------------------------------------------------------------------------------
 # Sampling moments
 # ---------------------------------------------------------------------------------------
 N_DRAWS = 20000
@@ -343,8 +481,8 @@ def test_mixture_sample_moments():
 
 def test_samplers_are_reproducible_with_a_generator():
     for name in LIKELIHOODS:
-        lik = build_likelihood(name, (5,), n_mixtures=2)
-        params = torch.randn(3, lik.n_params, 5, generator=gen())
+        lik = build_likelihood(name, (3, 1, 2), n_mixtures=2)
+        params = torch.randn(3, lik.n_params, 3, 1, 2, generator=gen())
         torch.testing.assert_close(lik.sample(params, generator=gen(9)), lik.sample(params, generator=gen(9)))
 
 
@@ -468,9 +606,10 @@ def test_flags_and_param_counts():
         "gaussian": (1, False, False),
         "discretized-logistic": (2, True, False),
         "discretized-logistic-mixture": (15, True, False),
+        "discretized-logistic-mixture-rgb": (20, True, False),
     }
     for name, (n_params, discrete, binary) in expected.items():
-        lik = build_likelihood(name, (1, 2, 2))
+        lik = build_likelihood(name, (3, 2, 2))
         assert (lik.n_params, lik.discrete_8bit, lik.binary) == (n_params, discrete, binary), name
     for variance, n in [("fixed", 1), ("learned-logvar", 2), ("relu", 2), ("softplus", 2), ("shared", 1)]:
         assert build_likelihood("gaussian", (3,), variance=variance).n_params == n
@@ -520,7 +659,8 @@ def test_mismatched_params_raise():
 
 def test_names_are_exported():
     assert set(LIKELIHOODS) == {
-        "bernoulli", "continuous-bernoulli", "gaussian", "discretized-logistic", "discretized-logistic-mixture"
+        "bernoulli", "continuous-bernoulli", "gaussian", "discretized-logistic", "discretized-logistic-mixture",
+        "discretized-logistic-mixture-rgb",
     }
     assert set(VARIANCES) == {"fixed", "learned-logvar", "relu", "softplus", "shared"}
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from .errors import VaelabError
 
 TRANSFORMS = ("binarize-dynamic", "binarize-static", "scale", "pca", "m1")
-NETWORKS = ("mlp", "conv")
+NETWORKS = ("mlp", "conv", "resnet")
 FAMILIES = ("vae", "ladder", "m2")  # families.FAMILIES builds each
 KL_SCHEDULES = ("constant", "linear", "cyclical", "ae-then-anneal")
 OBJECTIVES = ("elbo", "iwae")
@@ -78,6 +78,8 @@ class ModelConfig:
     conv_kernels: list[int] = field(default_factory=lambda: [4, 4])
     conv_strides: list[int] = field(default_factory=lambda: [2, 2])
     conv_dense: int = 256
+    res_width: int = 64  # resnet networks: channels of every residual block
+    res_blocks: int = 2  # resnet networks: residual blocks at each of the two scales
     likelihood: str = "bernoulli"
     variance: str = "fixed"  # gaussian only: fixed | learned-logvar | relu | softplus | shared
     sigma: float = 1.0  # gaussian with fixed variance: the standard deviation
@@ -231,7 +233,15 @@ class Config:
                 _at_least(f"model.{name} entries", v, 1)
                 _at_most(f"model.{name} entries", v, MAX_WIDTH)
         _range("model.dropout", model.dropout, 0.0, 0.99)
-        if data.transform in ("pca", "m1") and (model.encoder == "conv" or model.decoder == "conv"):
+        if "resnet" in (model.encoder, model.decoder):
+            _at_least("model.res_width", model.res_width, 1)
+            _at_most("model.res_width", model.res_width, MAX_WIDTH)
+            _at_least("model.res_blocks", model.res_blocks, 0)
+            _at_most("model.res_blocks", model.res_blocks, 64)
+            if model.family != "vae" or model.batch_norm or model.dropout:
+                raise VaelabError("the resnet networks serve model.family=vae without batch norm or dropout: set "
+                                  "model.family=vae, model.batch_norm=false and model.dropout=0, or use conv networks")
+        if data.transform in ("pca", "m1") and (model.encoder != "mlp" or model.decoder != "mlp"):
             raise VaelabError(f"data.transform={data.transform} gives vectors, not images: use model.encoder=mlp and "
                               f"model.decoder=mlp")
         if data.m1_run and data.transform != "m1":  # (a preset leaves data.m1_run to the user: training asks for it)
@@ -294,7 +304,7 @@ class Config:
         # the likelihood module checks its own names and values
         from .likelihoods import likelihood_from_config
 
-        likelihood_from_config(model, (1,))
+        likelihood_from_config(model, (3, 1, 1))  # a shape every likelihood takes (the RGB one needs 3 channels)
         if model.likelihood.startswith("discretized") and data.transform != "scale":
             raise VaelabError(f"model.likelihood={model.likelihood} models 8-bit pixels: use data.transform=scale")
         return self

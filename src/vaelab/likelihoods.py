@@ -26,6 +26,7 @@ LIKELIHOODS = (
     "gaussian",
     "discretized-logistic",
     "discretized-logistic-mixture",
+    "discretized-logistic-mixture-rgb",
 )
 VARIANCES = ("fixed", "learned-logvar", "relu", "softplus", "shared")
 
@@ -328,7 +329,7 @@ class Gaussian(Likelihood):
 
         For relu and softplus the raw output v gives sigma**2 = squash(v) + eps; a bias of 0
         would start half the relu variances at eps itself, where (x - mean)**2 / eps makes the
-        first steps' loss and gradients enormous (issue 10: svhn-conv-gaussian stayed noise).
+        first steps' loss and gradients enormous (an earlier svhn-conv-gaussian stayed noise).
         """
         kind, target = self.variance_kind, math.exp(self.logvar_init_bias)
         if kind == "learned-logvar":
@@ -476,6 +477,88 @@ class DiscretizedLogisticMixture(Likelihood):
         return _dlogistic_sample(mean, log_scale, self._uniform(mean, generator))
 
 
+_INIT_LOG_SCALE = -3.0
+
+
+class DiscretizedLogisticMixtureRGB(Likelihood):
+    """PixelCNN++'s mixture of discretised logistics over RGB pixels (Salimans et al. 2017).
+
+    Each pixel is one K-component mixture over its three 8-bit values; inside a component the
+    channels are coupled linearly: mu_G = m_G + a x_R, mu_B = m_B + b x_R + c x_G (a, b, c
+    through tanh). Each channel's factor is a pmf over 256 levels given the earlier ones, so a
+    pixel's probabilities sum to 1 over all 256^3 colours.
+
+    Layout: ``n_params = 4K`` maps per channel; channel ch of maps [0:K] holds logits (the
+    mixture logit is their sum over the three channels), [K:2K] the means m, [2K:3K] the
+    log-scales, [3K:4K] the coupling coefficients (a, b, c in channels R, G, B).
+    """
+
+    name = "discretized-logistic-mixture-rgb"
+    discrete_8bit = True
+
+    def __init__(self, event_shape: tuple[int, ...], n_mixtures: int = 10):
+        super().__init__(event_shape)
+        if len(self.event_shape) != 3 or self.event_shape[0] != 3:
+            raise VaelabError(
+                f"the discretized-logistic-mixture-rgb likelihood needs RGB images (3, H, W), got shape "
+                f"{self.event_shape}; use data.channels=3, or likelihood discretized-logistic-mixture for other data"
+            )
+        self.n_mixtures = int(n_mixtures)
+        self.n_params = 4 * self.n_mixtures
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, n_mixtures={self.n_mixtures}"
+
+    def init_bias(self) -> dict[int, float]:
+        """Components that start spread over [0, 1] at scale e^-3 (about 13 levels): from a
+        decoder bias of 0 (every component black, scale 1) Adam would need thousands of steps
+        to move the scales' biases to where 8-bit images want them."""
+        k = self.n_mixtures
+        return {**{k + i: (i + 0.5) / k for i in range(k)}, **{2 * k + i: _INIT_LOG_SCALE for i in range(k)}}
+
+    def _components(self, params: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(mixture logits (B, K, H, W), means, log-scales, tanh'd coefficients (B, K, 3, H, W))."""
+        self._check_params(params)
+        p = params.unflatten(1, (4, self.n_mixtures))
+        return p[:, 0].sum(2), p[:, 1], p[:, 2], torch.tanh(p[:, 3])
+
+    @staticmethod
+    def _coupled(means: Tensor, coeffs: Tensor, x: Tensor) -> Tensor:
+        """Each channel's logistic location given the earlier channels' values x (B, 1, 3, H, W)."""
+        r, g = x[:, :, 0], x[:, :, 1]
+        return torch.stack((means[:, :, 0],
+                            means[:, :, 1] + coeffs[:, :, 0] * r,
+                            means[:, :, 2] + coeffs[:, :, 1] * r + coeffs[:, :, 2] * g), dim=2)
+
+    def log_prob(self, params: Tensor, x: Tensor) -> Tensor:
+        x = self._check_x(params, x)
+        logits, means, log_scales, coeffs = self._components(params)
+        x = (torch.round(x.clamp(0, 1) * _LEVELS) / _LEVELS).unsqueeze(1)  # the levels the pmf is over
+        log_pmf = _dlogistic_log_pmf(self._coupled(means, coeffs, x), log_scales, x).sum(2)  # (B, K, H, W)
+        return _sum_event(torch.logsumexp(F.log_softmax(logits, dim=1) + log_pmf, dim=1))
+
+    def mean(self, params: Tensor) -> Tensor:
+        """Each component's mean with the coupling applied to the earlier channels' means: exact
+        but for the clipping at 0 and 1, which makes the true coupled mean slightly nonlinear."""
+        logits, means, log_scales, coeffs = self._components(params)
+        r = _dlogistic_mean(means[:, :, 0], log_scales[:, :, 0])
+        g = _dlogistic_mean(means[:, :, 1] + coeffs[:, :, 0] * r, log_scales[:, :, 1])
+        b = _dlogistic_mean(means[:, :, 2] + coeffs[:, :, 1] * r + coeffs[:, :, 2] * g, log_scales[:, :, 2])
+        return (F.softmax(logits, dim=1).unsqueeze(2) * torch.stack((r, g, b), dim=2)).sum(1)
+
+    def sample(self, params: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        logits, means, log_scales, coeffs = self._components(params)
+        gumbel = -torch.log(-torch.log(self._uniform(logits, generator)))
+        pick = (logits + gumbel).argmax(dim=1, keepdim=True)  # one component per pixel, (B, 1, H, W)
+        take = lambda t: t.gather(1, pick.unsqueeze(2).expand(-1, -1, 3, -1, -1)).squeeze(1)  # noqa: E731
+        m, s, c = take(means), take(log_scales), take(coeffs)
+        u = self._uniform(m, generator)
+        r = _dlogistic_sample(m[:, 0], s[:, 0], u[:, 0])
+        g = _dlogistic_sample(m[:, 1] + c[:, 0] * r, s[:, 1], u[:, 1])
+        b = _dlogistic_sample(m[:, 2] + c[:, 1] * r + c[:, 2] * g, s[:, 2], u[:, 2])
+        return torch.stack((r, g, b), dim=1)
+
+
 # ---------------------------------------------------------------------------------------
 # Factory
 # ---------------------------------------------------------------------------------------
@@ -514,6 +597,7 @@ _CLASSES = {
     "gaussian": Gaussian,
     "discretized-logistic": DiscretizedLogistic,
     "discretized-logistic-mixture": DiscretizedLogisticMixture,
+    "discretized-logistic-mixture-rgb": DiscretizedLogisticMixtureRGB,
 }
 assert tuple(_CLASSES) == LIKELIHOODS
 
@@ -576,6 +660,6 @@ def build_likelihood(name: str, event_shape: tuple[int, ...], *, n_mixtures: int
 
     if name == "gaussian":
         return Gaussian(shape, **vars(g))  # Gaussian converts the numbers to float and bool itself
-    if name == "discretized-logistic-mixture":
-        return DiscretizedLogisticMixture(shape, n_mixtures=int(n_mixtures))
+    if name.startswith("discretized-logistic-mixture"):
+        return _CLASSES[name](shape, n_mixtures=int(n_mixtures))
     return _CLASSES[name](shape)

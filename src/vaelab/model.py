@@ -56,7 +56,9 @@ class VAE(nn.Module):
         self.latent_dim = config.latent_dim
         self.likelihood = likelihood_from_config(config, self.event_shape)
         self.encoder = build_encoder(config, self.event_shape)
-        self.posterior_head = nn.Linear(self.encoder.out_features, 2 * config.latent_dim)
+        # an encoder that ends in the posterior's own maps (resnet) needs no dense head
+        self.posterior_head = (nn.Identity() if getattr(self.encoder, "gives_posterior", False)
+                               else nn.Linear(self.encoder.out_features, 2 * config.latent_dim))
         self.decoder = build_decoder(config, self.event_shape, self.likelihood.n_params, self.likelihood.init_bias())
         self.prior = build_prior(config.prior, config.latent_dim, n_components=config.prior_components,
                                  event_shape=self.event_shape)

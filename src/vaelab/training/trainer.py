@@ -113,7 +113,7 @@ class Trainer:
         self.val_images = _resident(self.data.val, self.device, self.log)
         self.model = build_model(cfg.model, self.data.event_shape).to(self.device)
         self.channels_last = training.channels_last == "on" or (
-            training.channels_last == "auto" and "conv" in (cfg.model.encoder, cfg.model.decoder))
+            training.channels_last == "auto" and bool({"conv", "resnet"} & {cfg.model.encoder, cfg.model.decoder}))
         if self.channels_last:  # NHWC: the layout oneDNN and cuDNN convolutions prefer
             self.model.to(memory_format=torch.channels_last)
         if training.compile:  # in place, so state_dict keys (checkpoints) stay as they are
