@@ -367,8 +367,10 @@ class Config:
         path = Path(path)
         if not path.is_file():
             raise VaelabError(f"config file {path} does not exist")
+        from .rundir.validate import JSON_LIMIT, read_bytes
+
         try:
-            text = path.read_bytes().decode("utf-8")
+            text = read_bytes(path, JSON_LIMIT, "a config file").decode("utf-8")
         except UnicodeDecodeError as exc:
             raise VaelabError(f"config file {path} is not UTF-8 text (byte {exc.start} is invalid)") from None
         except OSError as exc:

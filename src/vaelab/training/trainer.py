@@ -15,6 +15,7 @@ import math
 import signal
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import torch
@@ -32,10 +33,12 @@ from ..families import build_model
 from ..objective import training_loss
 from ..prepared_data import PreparedData, prepare_data
 from ..rundir import checkpoint as ckpt
-from ..rundir.load import m1_codes
+from ..rundir import validate
+from ..rundir.load import m1_codes, read_description
 from ..version import __version__
 from .nan_guard import NanGuard, RolledBack
 from .replace import Replacement, is_dead_end, restore_interrupted
+from .restore import checked_state
 from .schedules import EarlyStopping, KLSchedule, load_lr_state, make_lr_scheduler
 
 VAL_NOISE_SEED = 1234  # validation uses its own generator: it never moves training's RNG
@@ -70,6 +73,7 @@ class Trainer:
         self.stop_signal = signal.SIGINT  # the signal that stopped training, if one did
         self.out = Path(out)
         self.resume = resume
+        self.run_id: str | None = None  # set when the run directory is opened (_run_identity)
         self.dist = distributed.context()  # None unless several processes train together
         self.is_main = self.dist is None or self.dist.is_main  # only rank 0 writes the run directory
         self.progress = progress and self.is_main
@@ -167,7 +171,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "kl_schedule": self.kl_schedule.state(), "stopper": self.stopper.state(),
             "skipped_steps": self.skipped_steps, "nan_events": self.nan_events,
-            "vaelab": __version__, "torch": torch.__version__,
+            "vaelab": __version__, "torch": torch.__version__, "run_id": self.run_id,
         }
         if partial is not None:  # written mid-epoch: the epoch's order and partial sums
             tensors["epoch.order"], tensors["epoch.sums"] = partial["order"], partial["sums"]
@@ -179,9 +183,13 @@ class Trainer:
         tensors, meta = self._state()
         return {k: v.detach().clone() for k, v in tensors.items()}, json.loads(json.dumps(meta))
 
-    def load_state(self, tensors: dict, meta: dict) -> None:
+    def load_state(self, tensors: dict, meta: dict, where: str = "the last good state",
+                   position: tuple[int, int] | None = None) -> None:
+        """Restore a checkpoint; every part is checked first (restore.checked_state), so a
+        file that does not fit this run changes nothing and is one VaelabError."""
+        checked = checked_state(self, tensors, meta, where, position)
         self.model.load_state_dict(ckpt.model_state(tensors))
-        self.optimizer.load_state_dict(ckpt.unflatten_optimizer(tensors, meta["optimizer"]))
+        self.optimizer.load_state_dict(checked["optimizer"])
         _match_state_layout(self.optimizer)
         if self.scheduler and meta.get("scheduler"):
             load_lr_state(self.scheduler, meta["scheduler"])
@@ -240,7 +248,7 @@ class Trainer:
                              f"renamed to {rundir.set_aside(path).name}")
                 continue
             try:
-                self.load_state(tensors, meta)
+                self.load_state(tensors, meta, str(path), rundir.checkpoint_position(path))
             except (RuntimeError, KeyError, ValueError) as exc:
                 detail = " ".join(line.strip() for line in str(exc).splitlines()[1:3])[:300] or str(exc)
                 raise VaelabError(f"{path} does not match this run's config ({detail}); "
@@ -288,6 +296,7 @@ class Trainer:
         with rundir.RunLock(self.out) if self.is_main else contextlib.nullcontext():
             transform = None
             try:
+                self.run_id = self._run_identity()
                 if self.resume and cfg.data.transform == "pca":
                     transform = _saved_transform(self.out)
                 self._setup(transform)
@@ -340,6 +349,18 @@ class Trainer:
             self._save_final()
             self._callback("on_train_end")
         return self.out
+
+    def _run_identity(self) -> str:
+        """A new run's id (a uuid4), or a resumed run's own from model.json, which its
+        checkpoints must carry. The files the trainer appends to must be files (a directory
+        or FIFO there would raise or block at the first line)."""
+        for name in (rundir.LOG, rundir.METRICS):
+            validate.regular_file(self.out / name)
+        if self.resume and validate.regular_file(self.out / rundir.MODEL_JSON):
+            run_id = read_description(self.out).get("run_id")
+            if run_id:  # runs from before run ids have none: their checkpoints are not checked
+                return run_id
+        return uuid.uuid4().hex
 
     def _callback(self, event: str, *args) -> None:
         if not self.is_main:
@@ -581,7 +602,7 @@ class Trainer:
             "prior": self.config.model.prior, "flow_steps": self.config.model.flow_steps,
             "kl_method": getattr(self.model, "kl_method", "analytic"),
             "parameters": sum(p.numel() for p in self.model.parameters()),
-            "weights": rundir.WEIGHTS,
+            "weights": rundir.WEIGHTS, "run_id": self.run_id,
         }
         rundir.atomic_write_bytes(self.out / rundir.MODEL_JSON, (json.dumps(description, indent=2) + "\n").encode())
 
@@ -590,7 +611,8 @@ class Trainer:
             return
         tensors = ckpt.model_tensors(self.model)
         tensors.update(self.data.transform.state())
-        ckpt.save_tensors(self.out / rundir.WEIGHTS, tensors, {"epoch": self.epoch, "vaelab": __version__})
+        ckpt.save_tensors(self.out / rundir.WEIGHTS, tensors, {"epoch": self.epoch, "vaelab": __version__,
+                                                           "run_id": self.run_id})
         self.log(f"done: {self.epoch} epochs; weights in {self.out / rundir.WEIGHTS}")
 
 
