@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import json
 import math
 import typing
@@ -180,7 +181,7 @@ class Config:
         fields = {f.name: f for f in dataclasses.fields(section)}
         if name not in fields:
             raise VaelabError(f"{source}: unknown config key {key!r}{_suggest(key, all_keys())}")
-        hint = typing.get_type_hints(type(section))[name]
+        hint = _type_hints(type(section))[name]
         setattr(section, name, _coerce(value, hint, key, source))
 
     def apply_overrides(self, assignments: list[str] | str) -> None:
@@ -390,6 +391,13 @@ class Config:
         return cls.from_dict(raw, source=str(path))
 
 
+@functools.lru_cache(maxsize=None)
+def _type_hints(section: type) -> dict:
+    """A section's field types, worked out once: typing.get_type_hints re-evaluates every
+    annotation on each call, which made loading a config cost milliseconds per key."""
+    return typing.get_type_hints(section)
+
+
 def all_keys() -> list[str]:
     cfg = Config()
     return [f"{s}.{f.name}" for s in ("data", "model", "train")
@@ -402,7 +410,7 @@ def describe_keys() -> list[tuple[str, str, object]]:
     out = []
     for s in ("data", "model", "train"):
         section = getattr(cfg, s)
-        hints = typing.get_type_hints(type(section))
+        hints = _type_hints(type(section))
         for f in dataclasses.fields(section):
             out.append((f"{s}.{f.name}", _type_name(hints[f.name]), getattr(section, f.name)))
     return out

@@ -108,7 +108,7 @@ def optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.T
     parameters before the optimizer sees any of it: the fused Adam kernel trusts that every
     moment has its parameter's shape and dtype, and reads out of bounds otherwise."""
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    fix = "it was not written by this run's vaelab; resume from another checkpoint, or retrain"
+    fix = "the checkpoint does not fit this model (edited, or from another run); resume from another one, or retrain"
     live = flatten_optimizer(optimizer.state_dict())[1]["param_groups"]
     if not (isinstance(meta, dict) and isinstance(meta.get("param_groups"), list)
             and len(meta["param_groups"]) == len(live) and meta.get("scalars", {}) == {}):
@@ -145,17 +145,17 @@ def optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.T
             if t.shape != param.shape or t.dtype != param.dtype:
                 raise VaelabError(f"{where}: optimizer state optim.{index}.{key} is {t.dtype} {tuple(t.shape)}, its "
                                   f"parameter {param.dtype} {tuple(param.shape)}: {fix}")
-            if not bool(torch.isfinite(t).all()) or (key == "exp_avg_sq" and bool((t < 0).any())):
-                raise VaelabError(f"{where}: optimizer state optim.{index}.{key} holds NaN, inf or negative "
-                                  f"values: {fix}")
+            if not validate.bounded(t) or (key == "exp_avg_sq" and bool((t < 0).any())):
+                raise VaelabError(f"{where}: optimizer state optim.{index}.{key} holds NaN, inf, values beyond "
+                                  f"{validate.MAX_WEIGHT:g} or (its squares) negative values: {fix}")
             entry[key] = t.to(param.device)
         step = entry["step"]
-        if step.numel() != 1 or not step.is_floating_point() or not bool(torch.isfinite(step).all()) \
+        if step.numel() != 1 or step.dtype != torch.float32 or not bool(torch.isfinite(step).all()) \
                 or not 1 <= float(step) <= 2**53:
-            raise VaelabError(f"{where}: optimizer step count of parameter {index} is not one positive number "
+            raise VaelabError(f"{where}: optimizer step count of parameter {index} is not one positive float32 "
                               f"({step.dtype} {tuple(step.shape)}): {fix}")
         # Adam keeps the count as a float32 scalar, on the parameter's device for the fused kernel
-        entry["step"] = step.reshape(()).to(torch.float32).to(param.device if optimizer.defaults.get("fused") else "cpu")
+        entry["step"] = step.reshape(()).to(param.device if optimizer.defaults.get("fused") else "cpu")
     return {"state": state, "param_groups": groups}
 
 
@@ -178,9 +178,6 @@ def model_state(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k[len(MODEL_PREFIX):]: v for k, v in tensors.items() if k.startswith(MODEL_PREFIX)}
 
 
-MAX_WEIGHT = 1e30  # no trained weight comes near; such a value only overflows into inf downstream
-
-
 def check_model_state(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], where: str) -> None:
     """``state`` must hold exactly the tensors of ``expected`` (a model's state_dict, on any
     device, the meta device included), with the same shapes and dtypes, and finite weights."""
@@ -195,8 +192,8 @@ def check_model_state(expected: dict[str, torch.Tensor], state: dict[str, torch.
         if t.shape != own.shape or t.dtype != own.dtype:
             raise VaelabError(f"{where}: {name} is {t.dtype} {tuple(t.shape)}, the model's is {own.dtype} "
                               f"{tuple(own.shape)}: {fix}")
-        if t.is_floating_point() and not bool((t.abs() <= MAX_WEIGHT).all()):  # False for NaN too
-            raise VaelabError(f"{where}: weights hold NaN/inf (or values beyond {MAX_WEIGHT:g}) in {name}: the "
+        if t.is_floating_point() and not validate.bounded(t):
+            raise VaelabError(f"{where}: weights hold NaN/inf (or values beyond {validate.MAX_WEIGHT:g}) in {name}: the "
                               f"file is damaged or training diverged; use an earlier checkpoint, or retrain")
 
 

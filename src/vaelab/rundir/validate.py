@@ -61,6 +61,14 @@ def read_bytes(path: Path, limit: int, what: str = "") -> bytes:
     return raw
 
 
+MAX_WEIGHT = 1e30  # no trained weight or moment comes near; such a value only overflows into inf downstream
+
+
+def bounded(t) -> bool:
+    """A floating tensor holds only finite values of at most MAX_WEIGHT (False for NaN too)."""
+    return bool((t.abs() <= MAX_WEIGHT).all())
+
+
 def _no_constant(name: str):
     raise ValueError(f"{name} is not allowed here")
 

@@ -298,7 +298,7 @@ class Trainer:
             try:
                 self.run_id = self._run_identity()
                 if self.resume and cfg.data.transform == "pca":
-                    transform = _saved_transform(self.out)
+                    transform = _saved_transform(self.out, self.run_id)
                 self._setup(transform)
             except BaseException:
                 if created:  # bad data or settings: leave no half-made run directory behind
@@ -683,11 +683,15 @@ def _finite_or_null(row: dict) -> dict:
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
 
 
-def _saved_transform(run_dir: Path):
+def _saved_transform(run_dir: Path, run_id: str | None):
     """The PCA a run fitted, from its weights or a checkpoint: a resume goes on with it."""
     for path in [run_dir / rundir.WEIGHTS, *rundir.checkpoint_paths(run_dir)]:
         if path.exists():
-            transform = ckpt.saved_transform(ckpt.load_tensors(path)[0])
+            tensors, meta = ckpt.load_tensors(path)
+            if run_id and meta.get("run_id") not in (None, run_id):
+                raise VaelabError(f"{path} belongs to run {meta.get('run_id')!r:.40}, this run is {run_id}: it was "
+                                  f"copied from another run; restore this run's own file")
+            transform = ckpt.saved_transform(tensors)
             if transform is not None:
                 return transform
     raise VaelabError(f"{run_dir} has no saved PCA to resume with")
