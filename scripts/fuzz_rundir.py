@@ -485,6 +485,7 @@ def _wrong(reader: str, value: dict, expected: dict, mutation: Mutation) -> str:
 # -- workers ---------------------------------------------------------------------------------
 
 def worker(conn, bases: Path, scratch: Path, seed: int) -> None:
+    sys.stderr = open(os.devnull, "w")  # the trainer's warnings about damaged checkpoints: expected, and many
     torch.set_num_threads(1)
     _cache_datasets()
     images = _images()
@@ -530,13 +531,13 @@ def _cache_datasets() -> None:
 
 
 def fuzz(count: int, workers: int = 1, seed: int = 0, timeout: float = 60.0, cache: Path | None = None,
-         log=None) -> dict:
+         log=None, only: list[int] | None = None) -> dict:
     """Run ``count`` mutated inputs; returns {"tally": Counter, "defects": [...], "seconds": float}."""
     bases = base_runs(cache)
     ctx = mp.get_context("fork")
     tally, defects, examples = Counter(), [], {}
     scratch_root = Path(tempfile.mkdtemp(prefix="vaelab-fuzz-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None))
-    pending = list(range(count))[::-1]
+    pending = list(only if only else range(count))[::-1]
     slots: dict = {}  # conn -> [process, index or None, started, slot number]
     started = time.perf_counter()
 
@@ -573,6 +574,8 @@ def fuzz(count: int, workers: int = 1, seed: int = 0, timeout: float = 60.0, cac
                         outcome = "crash" if proc.exitcode and proc.exitcode < 0 else "traceback"
                         tally[outcome] += 1
                         defects.append((index, outcome, f"worker exit code {proc.exitcode}", ""))
+                        if log:
+                            print(f"  #{index} {outcome}: worker exit code {proc.exitcode}", file=log, flush=True)
                         if pending:
                             start(number)
                     continue
@@ -602,6 +605,8 @@ def fuzz(count: int, workers: int = 1, seed: int = 0, timeout: float = 60.0, cac
                     del slots[conn]
                     tally["hang"] += 1
                     defects.append((index, "hang", f"over {timeout:g} s", ""))
+                    if log:
+                        print(f"  #{index} hang: over {timeout:g} s", file=log, flush=True)
                     if pending:
                         start(number)
     finally:
@@ -626,9 +631,10 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="worker processes")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds one input may take")
+    parser.add_argument("--only", type=int, nargs="+", help="run just these inputs (indexes), e.g. to replay a defect")
     parser.add_argument("--cache", type=Path, help="where the base runs are kept (default: the temp folder)")
     args = parser.parse_args(argv)
-    result = fuzz(args.count, args.workers, args.seed, args.timeout, args.cache, log=sys.stderr)
+    result = fuzz(args.count, args.workers, args.seed, args.timeout, args.cache, log=sys.stderr, only=args.only)
     tally, seconds = result["tally"], result["seconds"]
     print(table(tally))
     done = sum(tally[o] for o in OUTCOMES)
@@ -636,6 +642,8 @@ def main(argv=None) -> int:
           f"seed {args.seed}")
     for outcome, (i, what, why) in sorted(result["examples"].items()):
         print(f"  e.g. {outcome}: #{i} {what} {why}".rstrip()[:300])
+    for i, outcome, why, what in result["defects"][:50]:
+        print(f"  {outcome}: #{i} {what} {why}".rstrip()[:300])
     return 1 if any(tally[o] for o in DEFECTS) else 0
 
 

@@ -87,8 +87,8 @@ class PCATransform(Transform):
         floats = (mean, components, scale, ratio)
         d = mean.shape[0] if mean.dim() == 1 else -1
         k = components.shape[0] if components.dim() == 2 else -1
-        ok = (all(t.is_floating_point() and bounded(t) for t in floats)
-              and not shape.is_floating_point() and shape.dtype != torch.bool and shape.dim() == 1
+        ok = (all(t.dtype == torch.float32 and bounded(t) for t in floats)
+              and shape.dtype == torch.int64 and shape.dim() == 1
               and 1 <= len(shape) <= 4 and bool((shape >= 1).all()) and int(shape.double().prod()) == d
               and d >= 1 and k >= 1 and components.shape == (k, d) and scale.shape == (k,) and ratio.shape == (k,)
               and bool((scale > 0).all()))

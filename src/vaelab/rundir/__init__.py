@@ -2,7 +2,8 @@
 
     RUN_DIR/
       config.json          the resolved config (human-readable)
-      model.json           what the weights are: shapes, dataset, transform, versions
+      model.json           what the weights are: shapes, dataset, transform, versions, and
+                           the run's id (a uuid4 written at creation; checkpoints carry it)
       model.safetensors    final weights (+ a fitted PCA), written when training ends
       metrics.jsonl        one JSON object per epoch
       checkpoints/         last-EEEEEE.safetensors after E epochs (the newest N kept),
@@ -13,6 +14,7 @@
 
 Every file is replaced atomically (temporary file, fsync, rename), so a kill at any moment
 leaves the old version or the new one, never a torn one.
+Every file is read through validate.py: a run directory is input like any other.
 """
 
 from __future__ import annotations

@@ -99,8 +99,9 @@ def flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, {"param_groups": groups, "scalars": scalars}
 
 
-#: Adam's state per parameter, as torch.optim.Adam keeps it
+#: Adam's state per parameter, as torch.optim.Adam keeps it, and the settings a checkpoint must carry
 _ADAM_STATE = ("exp_avg", "exp_avg_sq", "step")
+_NUMBERS = {"lr", "betas", "eps", "weight_decay", "params"}
 
 
 def optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta, where: str) -> dict:
@@ -115,10 +116,11 @@ def optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.T
         raise VaelabError(f"{where}: its optimizer metadata is not Adam's for this model: {fix}")
     groups = []
     for saved, own in zip(meta["param_groups"], live):
-        if not isinstance(saved, dict) or not set(saved) <= set(own) or not {"lr", "betas", "eps", "params"} <= set(saved):
+        # initial_lr: an lr schedule's, kept when a resume drops the schedule
+        if not isinstance(saved, dict) or not set(saved) <= set(own) | {"initial_lr"} or not _NUMBERS <= set(saved):
             raise VaelabError(f"{where}: its optimizer settings are not Adam's ({_keys(saved)}): {fix}")
-        validate.check_like(saved, {k: own[k] for k in saved}, f"{where}: optimizer")
-        lr, betas, eps, decay = saved["lr"], saved["betas"], saved["eps"], saved.get("weight_decay", 0.0)
+        validate.check_like(saved, {k: own.get(k, 0.0) for k in saved}, f"{where}: optimizer")
+        lr, betas, eps, decay = saved["lr"], saved["betas"], saved["eps"], saved["weight_decay"]
         if saved["params"] != own["params"]:
             raise VaelabError(f"{where}: its optimizer covers parameters {saved['params'][:8]}, this model has "
                               f"{own['params'][:8]}: {fix}")
@@ -126,7 +128,9 @@ def optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.T
                 and validate.is_number(eps) and eps > 0 and validate.is_number(decay) and decay >= 0):
             raise VaelabError(f"{where}: optimizer settings out of range (lr {lr!r}, betas {betas!r}, eps {eps!r}, "
                               f"weight_decay {decay!r}): {fix}")
-        groups.append(dict(saved, betas=tuple(betas)))
+        # the numbers are the checkpoint's; how the optimizer runs (fused, foreach, ...) is this trainer's
+        numbers = {k: v for k, v in saved.items() if k in _NUMBERS or k == "initial_lr"}
+        groups.append(dict(own, **numbers) | {"betas": tuple(betas)})
     state: dict[int, dict] = {}
     for name, value in tensors.items():
         if not name.startswith("optim."):

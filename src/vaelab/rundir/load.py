@@ -213,6 +213,19 @@ def read_config(path: Path) -> Config:
         raise VaelabError(message if str(where) in message else f"{where}: {message}") from None
 
 
+def model_shapes(path: Path, config: Config, description: dict, event_shape: tuple[int, ...]) -> torch.nn.Module:
+    """The config's model built on the meta device (shapes, no memory), checked against the
+    parameter count model.json records: an edited config.json or model.json cannot make
+    vaelab allocate a model other than the run's."""
+    with torch.device("meta"):
+        shapes = build_model(config.model, event_shape)
+    count = sum(p.numel() for p in shapes.parameters())
+    if "parameters" in description and description["parameters"] != count:
+        raise VaelabError(f"{path / rundir.MODEL_JSON} says {description['parameters']:,} parameters, the model in "
+                          f"{rundir.CONFIG} has {count:,}: one of them was edited; restore it, or retrain")
+    return shapes
+
+
 def load_run(path: str | Path, device: str = "cpu", which: str = "final", data_dir: str | Path | None = None) -> Run:
     """Load a run directory: ``which`` is final (model.safetensors), best or last (checkpoint).
     ``data_dir`` says where its dataset is now, in place of the folder it recorded."""
@@ -239,13 +252,8 @@ def load_run(path: str | Path, device: str = "cpu", which: str = "final", data_d
     if transform is not None and event_shape != (transform.n_components,):
         raise VaelabError(f"{path / rundir.MODEL_JSON}: event_shape {list(event_shape)} but the saved PCA has "
                           f"{transform.n_components} components: restore it, or retrain")
-    # built first on the meta device (no memory): a damaged model.json cannot make it allocate
-    with torch.device("meta"):
-        shapes = build_model(config.model, event_shape)
+    shapes = model_shapes(path, config, description, event_shape)
     check_model_state(shapes.state_dict(), model_state(tensors), str(weights))
-    if "parameters" in description and description["parameters"] != sum(p.numel() for p in shapes.parameters()):
-        raise VaelabError(f"{path / rundir.MODEL_JSON} says {description['parameters']:,} parameters, the model "
-                          f"has {sum(p.numel() for p in shapes.parameters()):,}: restore it, or retrain")
     model = build_model(config.model, event_shape)
     model.load_state_dict(model_state(tensors))
     model.to(device).eval()

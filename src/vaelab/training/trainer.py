@@ -34,7 +34,7 @@ from ..objective import training_loss
 from ..prepared_data import PreparedData, prepare_data
 from ..rundir import checkpoint as ckpt
 from ..rundir import validate
-from ..rundir.load import m1_codes, read_description
+from ..rundir.load import check_description, m1_codes, model_shapes, read_description
 from ..version import __version__
 from .nan_guard import NanGuard, RolledBack
 from .replace import Replacement, is_dead_end, restore_interrupted
@@ -74,6 +74,7 @@ class Trainer:
         self.out = Path(out)
         self.resume = resume
         self.run_id: str | None = None  # set when the run directory is opened (_run_identity)
+        self.description: dict | None = None  # a resumed run's model.json
         self.dist = distributed.context()  # None unless several processes train together
         self.is_main = self.dist is None or self.dist.is_main  # only rank 0 writes the run directory
         self.progress = progress and self.is_main
@@ -115,6 +116,8 @@ class Trainer:
             self.data.transform.to(self.device)
         self.train_images = _resident(self.data.train, self.device, self.log)
         self.val_images = _resident(self.data.val, self.device, self.log)
+        if self.description is not None:  # resuming: the run's own model, before any memory is taken
+            model_shapes(self.out, cfg, self.description, self.data.event_shape)
         self.model = build_model(cfg.model, self.data.event_shape).to(self.device)
         self.channels_last = training.channels_last == "on" or (
             training.channels_last == "auto" and "conv" in (cfg.model.encoder, cfg.model.decoder))
@@ -357,7 +360,9 @@ class Trainer:
         for name in (rundir.LOG, rundir.METRICS):
             validate.regular_file(self.out / name)
         if self.resume and validate.regular_file(self.out / rundir.MODEL_JSON):
-            run_id = read_description(self.out).get("run_id")
+            self.description = read_description(self.out)
+            check_description(self.out, self.config, self.description)
+            run_id = self.description.get("run_id")
             if run_id:  # runs from before run ids have none: their checkpoints are not checked
                 return run_id
         return uuid.uuid4().hex
