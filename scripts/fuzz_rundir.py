@@ -3,9 +3,10 @@ evaluate, sample, read the metrics, summarise them as the report does, and resum
 
     python scripts/fuzz_rundir.py --count 2000 --workers 1 --seed 0
 
-Three tiny runs are trained once (cached under the temp folder, keyed by vaelab's source):
-two of one architecture with different seeds (so each has another run's files to be
-swapped in) and one on PCA components. Each input copies one of them, applies one seeded
+Four tiny runs are trained once (cached under the temp folder, keyed by vaelab's source):
+three of one architecture with different seeds (so each has another run's files to be
+swapped in), one of them stopped mid-epoch (its newest checkpoint holds the epoch's order
+and partial sums, and it has no final weights), and one on PCA components. Each input copies one of them, applies one seeded
 mutation (byte flips, truncation, JSON type swaps, deep nesting, huge numbers, NaN/inf, a
 file replaced by a directory, a symbolic link to one or a FIFO, files swapped between runs,
 checkpoints re-written *with a valid checksum* holding wrong shapes, dtypes, names, NaN
@@ -34,6 +35,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -59,14 +61,13 @@ DEFECTS = ("traceback", "crash", "hang", "silent")
 TINY = ["data.name=mnist-sample", "data.limit=200", "model.hidden=16", "model.latent_dim=2",
         "train.batch_size=50", "train.device=cpu", "train.threads=1", "train.epochs=2",
         "train.keep_checkpoints=2"]
-BASES = {  # name -> extra settings; "a" and "b" share an architecture
+BASES = {  # name -> extra settings; "a", "b" and "mid" share an architecture
     "a": ["train.seed=1"],
     "b": ["train.seed=2"],
     "pca": ["data.transform=pca", "data.pca_components=12", "model.likelihood=gaussian"],
+    "mid": ["train.seed=3"],  # stopped 2 steps into epoch 2: a mid-epoch checkpoint, no final weights
 }
-FILES = ["config.json", "model.json", "metrics.jsonl", "train.log", "model.safetensors",
-         "checkpoints/last-000002.safetensors", "checkpoints/last-000001.safetensors", "checkpoints/best.safetensors"]
-NEWEST = "checkpoints/last-000002.safetensors"
+MID_STOP = 2
 EVAL_IMAGES = 8  # a few images keep every input fast
 IW = 2
 
@@ -91,10 +92,21 @@ def base_runs(cache: Path | None = None) -> Path:
     for name, extra in BASES.items():
         config = Config()
         config.apply_overrides(TINY + extra)
-        vaelab.train(config.validate(), cache / name, progress=False, callbacks=[])
+        try:
+            vaelab.train(config.validate(), cache / name, progress=False, callbacks=[_StopMidEpoch()] * (name == "mid"))
+        except KeyboardInterrupt:  # Stopped, as on SIGTERM: the mid-epoch checkpoint is written
+            pass
     torch.set_num_threads(threads)
     (cache / "done").write_text("")
     return cache
+
+
+class _StopMidEpoch:
+    """Asks training to stop MID_STOP steps into epoch 2, as SIGTERM does."""
+
+    def on_step_end(self, trainer, step, beta):
+        if step == trainer.steps_per_epoch + MID_STOP:
+            trainer.stop_requested, trainer.stop_signal = "SIGTERM", signal.SIGTERM
 
 
 # -- the readers -----------------------------------------------------------------------------
@@ -165,11 +177,18 @@ class _FirstStep:
         raise self.Done
 
 
-#: which files each reader reads (a mutation elsewhere cannot matter to it)
-READS = {"final": {"config.json", "model.json", "model.safetensors"},
-         "last": {"config.json", "model.json", NEWEST},
-         "metrics": {"metrics.jsonl"},
-         "resume": {"config.json", "model.json", "metrics.jsonl", "train.log", NEWEST}}
+READERS = ("final", "last", "metrics", "resume")
+
+
+def reads(reader: str, target: str, base: str, newest: str) -> bool:
+    """Whether ``reader`` reads ``target`` (a mutation elsewhere cannot matter to it): load_run
+    takes the newest checkpoint where there are no final weights, and a resumed PCA run takes
+    its PCA from the final weights."""
+    files = {"final": {"config.json", "model.json", newest if base == "mid" else rundir.WEIGHTS},
+             "last": {"config.json", "model.json", newest},
+             "metrics": {"metrics.jsonl"},
+             "resume": {"config.json", "model.json", "metrics.jsonl", "train.log", newest}}[reader]
+    return target in files or (reader == "resume" and base == "pca" and target == rundir.WEIGHTS)
 
 
 # -- mutations -------------------------------------------------------------------------------
@@ -178,9 +197,9 @@ class Mutation:
     """What was done, to which file, and which readers must refuse it: ``must_refuse`` is
     True (every reader of the file), False, or a set of readers."""
 
-    def __init__(self, base: str, target: str, kind: str, must_refuse=False):
+    def __init__(self, base: str, target: str, kind: str, must_refuse, newest: str):
         self.base, self.target, self.kind = base, target, kind
-        readers = {r for r in READS if reads(r, target, base)}
+        readers = {r for r in READERS if reads(r, target, base, newest)}
         self.must_refuse = readers if must_refuse is True else readers & set(must_refuse or ())
 
     def __str__(self):
@@ -329,7 +348,8 @@ def mutate(run: Path, bases: Path, index: int, seed: int) -> Mutation:
     """Apply the index-th mutation (a function of seed and index only) to the copied run."""
     rng = random.Random(f"{seed}:{index}")
     base = run.name
-    target = rng.choice(FILES)
+    newest = str(rundir.checkpoint_paths(run)[0].relative_to(run))
+    target = rng.choice(sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.is_file()))
     path = run / target
     other_base = rng.choice([b for b in BASES if b != base])
     other = bases / other_base / target
@@ -344,6 +364,8 @@ def mutate(run: Path, bases: Path, index: int, seed: int) -> Mutation:
         kind = "resign" if is_tensors else "flip"
     if kind == "resign" and not is_tensors:
         kind = "json" if is_json else "flip"
+    if kind in ("swap", "symlink-other") and not other.exists():  # the other run has no such file
+        kind = "flip"
     raw = path.read_bytes()
     must = False
     if kind == "flip":
@@ -393,12 +415,13 @@ def mutate(run: Path, bases: Path, index: int, seed: int) -> Mutation:
     elif kind == "lines":
         lines = raw.decode().splitlines()
         op = rng.choice(["duplicate", "reverse", "other-run", "blank"])
+        op = "blank" if op == "other-run" and not other.exists() else op
         if op == "duplicate":
             i = rng.randrange(len(lines))
             lines.insert(i, lines[i])
         elif op == "reverse":
             lines.reverse()
-        elif op == "other-run" and other.exists():
+        elif op == "other-run":
             lines += other.read_text().splitlines()
         else:
             lines.insert(rng.randrange(len(lines) + 1), "")
@@ -429,15 +452,10 @@ def mutate(run: Path, bases: Path, index: int, seed: int) -> Mutation:
     elif kind == "resign":
         what, must = resign(path, rng, other)
         kind = what
-    return Mutation(base, target, kind, must)
+    return Mutation(base, target, kind, must, newest)
 
 
 # -- one input, judged -----------------------------------------------------------------------
-
-def reads(reader: str, target: str, base: str) -> bool:
-    """Whether ``reader`` reads ``target`` (a resumed PCA run takes its PCA from the final weights)."""
-    return target in READS[reader] or (reader == "resume" and base == "pca" and target == rundir.WEIGHTS)
-
 
 def judge(mutation: Mutation, results: dict, reference: dict) -> tuple[str, str]:
     """The outcome of one mutated input from its readers' results."""
