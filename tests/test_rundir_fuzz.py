@@ -171,11 +171,20 @@ def test_a_huge_seed_in_config_json(run):
     lambda g: g.__setitem__("lr", "fast"),
     lambda g: g.__setitem__("lr", -1.0),
     lambda g: g.__setitem__("extra", 1),
-], ids=["params-lists", "betas-dict", "lr-text", "lr-negative", "unknown-key"])
+    lambda g: g.pop("weight_decay"),
+    lambda g: g.__setitem__("weight_decay", 1e308),
+], ids=["params-lists", "betas-dict", "lr-text", "lr-negative", "unknown-key", "no-weight-decay", "huge-decay"])
 def test_odd_optimizer_metadata(run, change):
     """load_state raised TypeError: unhashable type 'list'."""
     resign(run / NEWEST, lambda t, m: change(m["optimizer"]["param_groups"][0]))
     refused("train", "--resume", str(run), "--quiet", "--set", "train.epochs=3", says="optimizer")
+
+
+def test_optimizer_flags_are_the_trainers_own(run):
+    """`differentiable: true` in a checkpoint made the fused Adam raise inside torch."""
+    resign(run / NEWEST, lambda t, m: m["optimizer"]["param_groups"][0].update(differentiable=True, fused=False))
+    status, _, err = cli("train", "--resume", str(run), "--quiet", "--set", "train.epochs=3")
+    assert status == 0, err
 
 
 @pytest.mark.parametrize("step", [torch.zeros(0), torch.tensor([1.0, 2.0]), torch.tensor(0.0),

@@ -34,6 +34,7 @@ STORES = ("memory", "memmap")
 MAX_LATENT_DIM = 10_000
 MAX_WIDTH = 65_536  # a layer's width, channels or IAF/ladder size
 MAX_THREADS = 1024
+MAX_RATE = 1e6  # train.lr and train.weight_decay: far past any that trains, short of overflowing a step
 MAX_SEED = 2**32 - 1  # every generator vaelab seeds (torch, NumPy) takes it
 
 
@@ -246,6 +247,8 @@ class Config:
         if len(train.betas) != 2 or not all(0 <= b < 1 for b in train.betas):
             raise VaelabError(f"train.betas must be two numbers in [0, 1), got {train.betas}")
         _at_least("train.weight_decay", train.weight_decay, 0.0)
+        _at_most("train.lr", train.lr, MAX_RATE)
+        _at_most("train.weight_decay", train.weight_decay, MAX_RATE)
         _at_least("train.threads", train.threads, 0)
         _at_most("train.threads", train.threads, MAX_THREADS)
         _at_least("train.seed", train.seed, 0)

@@ -18,6 +18,7 @@ from safetensors.torch import save as st_save
 
 from ..errors import VaelabError
 from ..atomicio import atomic_write_bytes
+from ..config import MAX_RATE
 from . import validate
 
 FORMAT = "vaelab-checkpoint-2"
@@ -124,8 +125,10 @@ def optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.T
         if saved["params"] != own["params"]:
             raise VaelabError(f"{where}: its optimizer covers parameters {saved['params'][:8]}, this model has "
                               f"{own['params'][:8]}: {fix}")
-        if not (validate.is_number(lr) and 0 <= lr and all(validate.is_number(b) and 0 <= b < 1 for b in betas)
-                and validate.is_number(eps) and eps > 0 and validate.is_number(decay) and decay >= 0):
+        if not (validate.is_number(lr) and 0 <= lr <= MAX_RATE
+                and all(validate.is_number(b) and 0 <= b < 1 for b in betas)
+                and validate.is_number(eps) and 0 < eps <= 1
+                and validate.is_number(decay) and 0 <= decay <= MAX_RATE):
             raise VaelabError(f"{where}: optimizer settings out of range (lr {lr!r}, betas {betas!r}, eps {eps!r}, "
                               f"weight_decay {decay!r}): {fix}")
         # the numbers are the checkpoint's; how the optimizer runs (fused, foreach, ...) is this trainer's
@@ -197,8 +200,8 @@ def check_model_state(expected: dict[str, torch.Tensor], state: dict[str, torch.
             raise VaelabError(f"{where}: {name} is {t.dtype} {tuple(t.shape)}, the model's is {own.dtype} "
                               f"{tuple(own.shape)}: {fix}")
         if t.is_floating_point() and not validate.bounded(t):
-            raise VaelabError(f"{where}: weights hold NaN/inf (or values beyond {validate.MAX_WEIGHT:g}) in {name}: the "
-                              f"file is damaged or training diverged; use an earlier checkpoint, or retrain")
+            raise VaelabError(f"{where}: weights hold NaN/inf (or values beyond {validate.MAX_WEIGHT:g}) in {name}: "
+                              f"the file is damaged or training diverged; use an earlier checkpoint, or retrain")
 
 
 def saved_transform(tensors: dict[str, torch.Tensor]):
