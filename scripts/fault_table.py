@@ -202,12 +202,16 @@ HOSTILE_ROWS = [
      ["test_rundir_fuzz.py::test_optimizer_state_of_another_shape_is_refused_not_a_segfault"]),
     ("model.json, metrics.jsonl, train.log a directory, a link to one, a FIFO; 100,000-deep JSON; metrics "
      "fields of another type; a checkpoint lacking exp_avg / exp_avg_sq / step, a PCA lacking its mean; a "
-     "seed of 10**30 in config.json; odd optimizer metadata; a step count of 0 elements, 2, 0, NaN, int64",
+     "seed of 10**30 in config.json; optimizer settings of other types, without weight_decay or with 1e308 of it; "
+     "a step count of 0 elements, 2, 0, NaN, int64",
      "refused in one line (each was a traceback)",
      ["test_rundir_fuzz.py::test_a_file_replaced", "test_rundir_fuzz.py::test_deeply_nested_json",
       "test_rundir_fuzz.py::test_metrics_fields", "test_rundir_fuzz.py::test_a_checkpoint_lacking",
       "test_rundir_fuzz.py::test_a_pca_lacking", "test_rundir_fuzz.py::test_a_huge_seed",
       "test_rundir_fuzz.py::test_odd_optimizer_metadata", "test_rundir_fuzz.py::test_a_step_count"]),
+    ("`differentiable: true, fused: false` in a checkpoint's optimizer settings",
+     "resumes with the trainer's own fused Adam (it was a RuntimeError inside torch)",
+     ["test_rundir_fuzz.py::test_optimizer_flags_are_the_trainers_own"]),
     ("weights holding NaN, inf or -1e31; another run's checkpoint or weights of the same architecture; a "
      "float16 tensor in a float32 file; a metrics row duplicated; a non-finite ELBO",
      "refused in one line (each was accepted: nan printed, or the run silently went on from another's state)",

@@ -551,7 +551,7 @@ def _cache_datasets() -> None:
 
 
 def fuzz(count: int, workers: int = 1, seed: int = 0, timeout: float = 60.0, cache: Path | None = None,
-         log=None, only: list[int] | None = None) -> dict:
+         log=None, only: list[int] | None = None, minutes: float | None = None) -> dict:
     """Run ``count`` mutated inputs; returns {"tally": Counter, "defects": [...], "seconds": float}."""
     bases = base_runs(cache)
     ctx = mp.get_context("fork")
@@ -571,6 +571,8 @@ def fuzz(count: int, workers: int = 1, seed: int = 0, timeout: float = 60.0, cac
 
     def feed(conn):
         slot = slots[conn]
+        if minutes is not None and time.perf_counter() - started > minutes * 60:
+            pending.clear()  # out of time: the inputs done so far are the result
         if pending:
             slot[1], slot[2] = pending.pop(), time.monotonic()
             conn.send(slot[1])
@@ -651,15 +653,19 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="worker processes")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds one input may take")
+    parser.add_argument("--minutes", type=float, help="start no input after this long; the count done is printed")
     parser.add_argument("--only", type=int, nargs="+", help="run just these inputs (indexes), e.g. to replay a defect")
     parser.add_argument("--cache", type=Path, help="where the base runs are kept (default: the temp folder)")
     args = parser.parse_args(argv)
-    result = fuzz(args.count, args.workers, args.seed, args.timeout, args.cache, log=sys.stderr, only=args.only)
+    result = fuzz(args.count, args.workers, args.seed, args.timeout, args.cache, log=sys.stderr, only=args.only,
+                  minutes=args.minutes)
     tally, seconds = result["tally"], result["seconds"]
     print(table(tally))
     done = sum(tally[o] for o in OUTCOMES)
     print(f"{done:,} inputs in {seconds:.0f} s: {done / seconds:.1f} inputs/s with {args.workers} worker(s), "
           f"seed {args.seed}")
+    if done + tally["skipped"] < (len(args.only) if args.only else args.count):
+        print(f"stopped after --minutes {args.minutes:g}: {done:,} of the {args.count:,} inputs asked for were run")
     for outcome, (i, what, why) in sorted(result["examples"].items()):
         print(f"  e.g. {outcome}: #{i} {what} {why}".rstrip()[:300])
     for i, outcome, why, what in result["defects"][:50]:
