@@ -85,6 +85,15 @@ def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, meta
 
 
+def check_run_id(where, meta: dict, run_id: str | None) -> None:
+    """A file of this run: one carrying another run's id (copied in) is refused; one without
+    an id (written before run ids existed) is taken as it is."""
+    saved = meta.get("run_id")
+    if run_id and saved is not None and saved != run_id:
+        raise VaelabError(f"{where} belongs to run {saved!r:.40}, this run is {run_id}: it was copied from "
+                          f"another run; restore this run's own file")
+
+
 # -- optimizer state <-> flat tensors + JSON ------------------------------------------------
 
 def flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:

@@ -17,7 +17,7 @@ from ..images import decode_images
 from ..families import build_model
 from ..prepared_data import eval_images
 from . import validate
-from .checkpoint import check_model_state, load_tensors, model_state, saved_transform
+from .checkpoint import check_model_state, check_run_id, load_tensors, model_state, saved_transform
 from ..transforms import make_transform
 
 
@@ -240,10 +240,7 @@ def load_run(path: str | Path, device: str = "cpu", which: str = "final", data_d
     check_description(path, config, description)
     weights = _weights_path(path, which)
     tensors, meta = load_tensors(weights)
-    run_id = description.get("run_id")
-    if run_id and meta.get("run_id") not in (None, run_id):
-        raise VaelabError(f"{weights} belongs to run {meta.get('run_id')!r:.40}, this run is {run_id}: it was "
-                          f"copied from another run; restore this run's own file")
+    check_run_id(weights, meta, description.get("run_id"))
     transform = saved_transform(tensors)
     if (transform is not None) != (config.data.transform == "pca"):
         raise VaelabError(f"{weights} {'holds' if transform is not None else 'lacks'} a fitted PCA but the run's "

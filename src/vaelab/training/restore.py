@@ -22,11 +22,7 @@ def checked_state(trainer, tensors: dict, meta: dict, where: str, position: tupl
     schedules and (mid-epoch) the epoch's order and sums. ``position`` is (epochs, step) from
     the checkpoint's name, which its metadata must agree with."""
     fix = "the checkpoint was not written by this run; resume from another checkpoint, or retrain"
-    run_id = getattr(trainer, "run_id", None)
-    saved_id = meta.get("run_id")
-    if run_id and saved_id is not None and saved_id != run_id:
-        raise VaelabError(f"{where} belongs to run {saved_id!r:.40}, this run is {run_id}: it was copied from "
-                          f"another run; restore this run's own checkpoints")
+    ckpt.check_run_id(where, meta, trainer.run_id)
     ckpt.check_model_state(trainer.model.state_dict(), ckpt.model_state(tensors), where)
     optimizer = ckpt.optimizer_state(trainer.optimizer, tensors, meta.get("optimizer"), where)
 

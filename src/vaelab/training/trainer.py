@@ -693,9 +693,7 @@ def _saved_transform(run_dir: Path, run_id: str | None):
     for path in [run_dir / rundir.WEIGHTS, *rundir.checkpoint_paths(run_dir)]:
         if path.exists():
             tensors, meta = ckpt.load_tensors(path)
-            if run_id and meta.get("run_id") not in (None, run_id):
-                raise VaelabError(f"{path} belongs to run {meta.get('run_id')!r:.40}, this run is {run_id}: it was "
-                                  f"copied from another run; restore this run's own file")
+            ckpt.check_run_id(path, meta, run_id)
             transform = ckpt.saved_transform(tensors)
             if transform is not None:
                 return transform
