@@ -175,15 +175,13 @@ class Config:
     def set(self, key: str, value, source: str = "--set") -> None:
         """Set ``section.name`` to ``value`` (a string from the command line is parsed)."""
         section_name, _, name = key.partition(".")
-        sections = {f.name for f in dataclasses.fields(self) if f.name != "preset"}
-        if section_name not in sections or not name:
+        if section_name not in _type_hints(Config) or section_name == "preset" or not name:
             raise VaelabError(f"{source}: unknown config key {key!r}{_suggest(key, all_keys())}")
         section = getattr(self, section_name)
-        fields = {f.name: f for f in dataclasses.fields(section)}
-        if name not in fields:
+        hints = _type_hints(type(section))  # the section's fields and their types
+        if name not in hints:
             raise VaelabError(f"{source}: unknown config key {key!r}{_suggest(key, all_keys())}")
-        hint = _type_hints(type(section))[name]
-        setattr(section, name, _coerce(value, hint, key, source))
+        setattr(section, name, _coerce(value, hints[name], key, source))
 
     def apply_overrides(self, assignments: list[str] | str) -> None:
         """``key=value`` strings, as --set takes them; one string is one assignment."""
