@@ -215,6 +215,21 @@ def test_weights_holding_nan_or_huge_values(run, value, file):
         refused("train", "--resume", str(run), "--quiet", "--set", "train.epochs=3", says="NaN/inf")
 
 
+@pytest.mark.parametrize("value", [math.nan, 1e31])
+def test_mid_epoch_sums_that_no_epoch_adds_up_to(bases, tmp_path, value):
+    """Found by the fuzzer: partial sums of 1e31 were resumed from, giving that epoch's loss."""
+    run = Path(shutil.copytree(bases / "mid", tmp_path / "mid"))
+    newest = rundir.checkpoint_paths(run)[0]
+    assert rundir.checkpoint_position(newest)[1] == fuzz_rundir.MID_STOP
+
+    def poison(t, m):
+        t["epoch.sums"] = t["epoch.sums"].clone()
+        t["epoch.sums"][0] = value
+
+    resign(newest, poison)
+    refused("train", "--resume", str(run), "--quiet", "--set", "train.epochs=3", says="epoch sums")
+
+
 def test_another_runs_checkpoint_of_the_same_architecture(bases, run):
     """It was accepted, and the resumed run silently went on from the other run's state."""
     shutil.copyfile(bases / "b" / NEWEST, run / NEWEST)

@@ -89,5 +89,7 @@ def _check_partial(trainer, tensors: dict, partial, where: str, step: int | None
     if order is None or order.dtype != torch.int64 or order.shape != (pool,) \
             or not torch.equal(order.sort().values, torch.arange(pool)):
         raise VaelabError(f"{where}: its epoch order is not a permutation of the {pool} training images: {fix}")
-    if sums is None or sums.dtype != torch.float64 or sums.shape != (3,) or not bool(torch.isfinite(sums).all()):
-        raise VaelabError(f"{where}: its epoch sums are not 3 finite float64 numbers: {fix}")
+    # loss, reconstruction and KL summed over the images so far: finite, and far below 1e30
+    if sums is None or sums.dtype != torch.float64 or sums.shape != (3,) or not validate.bounded(sums):
+        raise VaelabError(f"{where}: its epoch sums are not 3 float64 numbers of at most "
+                          f"{validate.MAX_WEIGHT:g}: {fix}")
