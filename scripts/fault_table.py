@@ -212,10 +212,12 @@ HOSTILE_ROWS = [
     ("`differentiable: true, fused: false` in a checkpoint's optimizer settings",
      "resumes with the trainer's own fused Adam (it was a RuntimeError inside torch)",
      ["test_rundir_fuzz.py::test_optimizer_flags_are_the_trainers_own"]),
-    ("weights holding NaN, inf or -1e31; another run's checkpoint or weights of the same architecture; a "
-     "float16 tensor in a float32 file; a metrics row duplicated; a non-finite ELBO",
+    ("weights holding NaN, inf or -1e31; mid-epoch partial sums of NaN or 1e31; another run's checkpoint or "
+     "weights of the same architecture; a float16 tensor in a float32 file; a metrics row duplicated; a "
+     "non-finite ELBO",
      "refused in one line (each was accepted: nan printed, or the run silently went on from another's state)",
-     ["test_rundir_fuzz.py::test_weights_holding", "test_rundir_fuzz.py::test_another_runs_checkpoint",
+     ["test_rundir_fuzz.py::test_weights_holding", "test_rundir_fuzz.py::test_mid_epoch_sums",
+      "test_rundir_fuzz.py::test_another_runs_checkpoint",
       "test_rundir_fuzz.py::test_a_float16_tensor", "test_rundir_fuzz.py::test_duplicated_metrics_lines",
       "test_rundir_fuzz.py::test_a_non_finite_elbo"]),
     ("a run written before run ids (none in model.json or its checkpoints); a torn last metrics line",
