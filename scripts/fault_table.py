@@ -28,7 +28,7 @@ TESTS = REPO / "tests"
 OWN = ["test_resume.py", "test_nan_guard.py", "test_checkpoint_safety.py", "test_run_lock.py",
        "test_config_fuzz.py"]
 DATA = ["test_data_download.py", "test_data_cifar.py", "test_data_idx.py", "test_data_fuzz.py", "test_store.py"]
-HOSTILE = ["test_overwrite_safety.py", "test_hostile_inputs.py"]
+HOSTILE = ["test_overwrite_safety.py", "test_hostile_inputs.py", "test_rundir_fuzz.py"]
 
 # (fault injected, outcome required, tests: "file::name prefix")
 ROWS = [
@@ -190,6 +190,41 @@ HOSTILE_ROWS = [
     ("a relative `--data-dir`; `vaelab presets` into a closed pipe",
      "recorded absolute; exit 141 without a word", ["test_hostile_inputs.py::test_a_relative_data_dir",
                                                      "test_hostile_inputs.py::test_a_closed_pipe"]),
+    ("{fuzz_count} mutated run directories (scripts/fuzz_rundir.py, seed 0): byte flips, truncation, JSON type "
+     "swaps, deep nesting, huge numbers, NaN/inf, a file made a directory, a link to one or a FIFO, files of "
+     "another run, checkpoints re-signed with wrong shapes, dtypes, names, NaN weights, optimizer metadata or "
+     "another run's id; then load, eval, sample, metrics, the report's summary, resume",
+     "a result equal to the unmutated run's, or one line; never a traceback, crash, hang or non-finite number",
+     ["test_rundir_fuzz.py::test_fuzzed_run_directories_end_in_a_result_or_one_line"]),
+    ("Adam moments of another shape (`torch.zeros(3)`, a zero-length first dimension) re-signed into a "
+     "checkpoint, then `train --resume` (subprocess)", "exit 2, one line naming the tensor (it was a SIGSEGV "
+     "in the fused Adam kernel)",
+     ["test_rundir_fuzz.py::test_optimizer_state_of_another_shape_is_refused_not_a_segfault"]),
+    ("model.json, metrics.jsonl, train.log a directory, a link to one, a FIFO; 100,000-deep JSON; metrics "
+     "fields of another type; a checkpoint lacking exp_avg / exp_avg_sq / step, a PCA lacking its mean; a "
+     "seed of 10**30 in config.json; optimizer settings of other types, without weight_decay or with 1e308 of it; "
+     "a step count of 0 elements, 2, 0, NaN, int64",
+     "refused in one line (each was a traceback)",
+     ["test_rundir_fuzz.py::test_a_file_replaced", "test_rundir_fuzz.py::test_deeply_nested_json",
+      "test_rundir_fuzz.py::test_metrics_fields", "test_rundir_fuzz.py::test_a_checkpoint_lacking",
+      "test_rundir_fuzz.py::test_a_pca_lacking", "test_rundir_fuzz.py::test_a_huge_seed",
+      "test_rundir_fuzz.py::test_odd_optimizer_metadata", "test_rundir_fuzz.py::test_a_step_count"]),
+    ("`differentiable: true, fused: false` in a checkpoint's optimizer settings",
+     "resumes with the trainer's own fused Adam (it was a RuntimeError inside torch)",
+     ["test_rundir_fuzz.py::test_optimizer_flags_are_the_trainers_own"]),
+    ("weights holding NaN, inf or -1e31; mid-epoch partial sums of NaN or 1e31; another run's checkpoint or "
+     "weights of the same architecture; a float16 tensor in a float32 file; a metrics row duplicated; a "
+     "non-finite ELBO",
+     "refused in one line (each was accepted: nan printed, or the run silently went on from another's state)",
+     ["test_rundir_fuzz.py::test_weights_holding", "test_rundir_fuzz.py::test_mid_epoch_sums",
+      "test_rundir_fuzz.py::test_another_runs_checkpoint",
+      "test_rundir_fuzz.py::test_a_float16_tensor", "test_rundir_fuzz.py::test_duplicated_metrics_lines",
+      "test_rundir_fuzz.py::test_a_non_finite_elbo"]),
+    ("a run written before run ids (none in model.json or its checkpoints); a torn last metrics line",
+     "loads and resumes (from then on with an id); the rows before the torn line count",
+     ["test_rundir_fuzz.py::test_runs_from_before_run_ids", "test_rundir_fuzz.py::test_a_torn_last_metrics_line"]),
+    ("a CIFAR batch whose labels are ragged or nested lists, or a short object array",
+     "refused in one line", ["test_rundir_fuzz.py::test_ragged_cifar_labels"]),
 ]
 
 
@@ -270,6 +305,7 @@ def main() -> int:
     values = constants(TESTS / "test_config_fuzz.py", ["N_DICTS", "N_FILES", "N_BYTES", "N_SET", "N_CLI"])
     values.update(constants(TESTS / "test_resume.py", ["RANDOM_KILLS"]))
     values.update(constants(TESTS / "test_data_fuzz.py", ["FUZZ_EXAMPLES"]))
+    values["fuzz_count"] = f"{constants(TESTS / 'test_rundir_fuzz.py', ['FUZZ_COUNT']).get('FUZZ_COUNT', '?'):,}"
     values["mat_masks"] = " / ".join(f"0x{m:02X}" for m in constants(TESTS / "test_hostile_inputs.py",
                                                                      ["MAT_FLIP_MASKS"]).get("MAT_FLIP_MASKS", ()))
     states = Counter(measured.get("random_kill_states", []))

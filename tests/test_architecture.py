@@ -12,7 +12,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "vaelab"
 #: bottom to top; a module's layer is that of its longest listed prefix (dotted, without "vaelab.")
 LAYERS = [
     # 0: no vaelab imports beyond errors
-    ["version", "errors", "atomicio", "tracking", "devices", "objective", "images", "importance", "rundir", "rundir.progress", "latent",
+    ["version", "errors", "atomicio", "tracking", "devices", "objective", "images", "importance", "rundir", "rundir.progress", "rundir.validate", "latent",
      "latent.gaussian", "latent.flows", "nn.init", "data._text", "data.convert"],
     # 1: data sources, observation models, networks, distributions over z, image grids
     ["data", "transforms", "likelihoods", "nn", "imagegrid", "probes", "latent.priors"],

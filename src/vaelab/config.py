@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import json
 import math
 import typing
@@ -33,6 +34,7 @@ STORES = ("memory", "memmap")
 MAX_LATENT_DIM = 10_000
 MAX_WIDTH = 65_536  # a layer's width, channels or IAF/ladder size
 MAX_THREADS = 1024
+MAX_RATE = 1e6  # train.lr and train.weight_decay: far past any that trains, short of overflowing a step
 MAX_SEED = 2**32 - 1  # every generator vaelab seeds (torch, NumPy) takes it
 
 
@@ -176,15 +178,13 @@ class Config:
     def set(self, key: str, value, source: str = "--set") -> None:
         """Set ``section.name`` to ``value`` (a string from the command line is parsed)."""
         section_name, _, name = key.partition(".")
-        sections = {f.name for f in dataclasses.fields(self) if f.name != "preset"}
-        if section_name not in sections or not name:
+        if section_name not in _type_hints(Config) or section_name == "preset" or not name:
             raise VaelabError(f"{source}: unknown config key {key!r}{_suggest(key, all_keys())}")
         section = getattr(self, section_name)
-        fields = {f.name: f for f in dataclasses.fields(section)}
-        if name not in fields:
+        hints = _type_hints(type(section))  # the section's fields and their types
+        if name not in hints:
             raise VaelabError(f"{source}: unknown config key {key!r}{_suggest(key, all_keys())}")
-        hint = typing.get_type_hints(type(section))[name]
-        setattr(section, name, _coerce(value, hint, key, source))
+        setattr(section, name, _coerce(value, hints[name], key, source))
 
     def apply_overrides(self, assignments: list[str] | str) -> None:
         """``key=value`` strings, as --set takes them; one string is one assignment."""
@@ -256,6 +256,8 @@ class Config:
         if len(train.betas) != 2 or not all(0 <= b < 1 for b in train.betas):
             raise VaelabError(f"train.betas must be two numbers in [0, 1), got {train.betas}")
         _at_least("train.weight_decay", train.weight_decay, 0.0)
+        _at_most("train.lr", train.lr, MAX_RATE)
+        _at_most("train.weight_decay", train.weight_decay, MAX_RATE)
         _at_least("train.threads", train.threads, 0)
         _at_most("train.threads", train.threads, MAX_THREADS)
         _at_least("train.seed", train.seed, 0)
@@ -381,8 +383,10 @@ class Config:
         path = Path(path)
         if not path.is_file():
             raise VaelabError(f"config file {path} does not exist")
+        from .rundir.validate import JSON_LIMIT, read_bytes
+
         try:
-            text = path.read_bytes().decode("utf-8")
+            text = read_bytes(path, JSON_LIMIT, "a config file").decode("utf-8")
         except UnicodeDecodeError as exc:
             raise VaelabError(f"config file {path} is not UTF-8 text (byte {exc.start} is invalid)") from None
         except OSError as exc:
@@ -402,6 +406,13 @@ class Config:
         return cls.from_dict(raw, source=str(path))
 
 
+@functools.lru_cache(maxsize=None)
+def _type_hints(section: type) -> dict:
+    """A section's field types, worked out once: typing.get_type_hints re-evaluates every
+    annotation on each call, which made loading a config cost milliseconds per key."""
+    return typing.get_type_hints(section)
+
+
 def all_keys() -> list[str]:
     cfg = Config()
     return [f"{s}.{f.name}" for s in ("data", "model", "train")
@@ -414,7 +425,7 @@ def describe_keys() -> list[tuple[str, str, object]]:
     out = []
     for s in ("data", "model", "train"):
         section = getattr(cfg, s)
-        hints = typing.get_type_hints(type(section))
+        hints = _type_hints(type(section))
         for f in dataclasses.fields(section):
             out.append((f"{s}.{f.name}", _type_name(hints[f.name]), getattr(section, f.name)))
     return out

@@ -84,7 +84,8 @@ def export_run(run_dir: str | Path, out: str | Path, which: str = "final", split
 def _write_folder(run, folder: Path, settings: dict, result: dict | None) -> None:
     tensors = ckpt.model_tensors(run.model)
     tensors.update(run.transform.state())
-    ckpt.save_tensors(folder / rundir.WEIGHTS, tensors, {"vaelab": __version__, "exported_from": settings["which"]})
+    ckpt.save_tensors(folder / rundir.WEIGHTS, tensors, {"vaelab": __version__, "exported_from": settings["which"],
+                                                           **_run_id(run.description)})
 
     config = run.config.copy()
     config.data.data_dir = None  # a folder on the exporting machine: the user's own (--data-dir) instead
@@ -174,3 +175,8 @@ def _number(value) -> str:
     if isinstance(value, float):
         return f"{value:.4f}" if abs(value) < 10 else f"{value:.2f}"
     return "n/a" if value is None else str(value)
+
+
+def _run_id(description: dict) -> dict:
+    """The run's identity, carried into the exported weights (runs from before run ids have none)."""
+    return {"run_id": description["run_id"]} if description.get("run_id") else {}

@@ -26,6 +26,7 @@ from .config import RUN_ONLY_KEYS
 from .diagnostics import judge_model, psnr
 from .errors import VaelabError
 from .rundir import read_metrics
+from .rundir.validate import read_json
 
 #: subsets that keep every arm within its stated budget on 2 CPU cores
 MNIST_SUBSET = ["data.limit=12000"]
@@ -422,8 +423,10 @@ def reproduce(name: str, out: str | Path, seeds: list[int], colour_data: str = "
 def _finished_with(run_dir: Path, config) -> bool:
     """A run that finished under exactly this config: training is deterministic, so it is reused."""
     try:
-        saved = json.loads((run_dir / "config.json").read_text())
-    except (OSError, ValueError):
+        saved = read_json(run_dir / "config.json")
+    except VaelabError:  # missing or damaged: trained again
+        return False
+    if not (isinstance(saved, dict) and all(isinstance(saved.get(s, {}), dict) for s in ("data", "model", "train"))):
         return False
     wanted = json.loads(json.dumps(config.to_dict()))
     for record in (saved, wanted):  # where the data live and how many threads ran is not what was trained

@@ -635,8 +635,10 @@ def build_likelihood(name: str, event_shape: tuple[int, ...], *, n_mixtures: int
                           f"e.g. {prefix}variance_eps=1e-4")
     if not (_is_real(g.variance_l2) and math.isfinite(g.variance_l2) and g.variance_l2 >= 0):
         raise VaelabError(f"{prefix}variance_l2 must be a finite number >= 0, got {g.variance_l2!r}; use 0 to turn it off")
-    if not (_is_real(g.logvar_init_bias) and math.isfinite(g.logvar_init_bias)):
-        raise VaelabError(f"{prefix}logvar_init_bias must be a finite number, got {g.logvar_init_bias!r}; e.g. 0.0")
+    # exp(80) is still a float32 variance; beyond it the starting variance overflows
+    if not (_is_real(g.logvar_init_bias) and math.isfinite(g.logvar_init_bias) and abs(g.logvar_init_bias) <= 80):
+        raise VaelabError(f"{prefix}logvar_init_bias must be a number from -80 to 80 (a log-variance), got "
+                          f"{g.logvar_init_bias!r}; e.g. 0.0")
     if isinstance(n_mixtures, bool) or not isinstance(n_mixtures, numbers.Integral) or n_mixtures < 1:
         raise VaelabError(f"{prefix}n_mixtures must be an integer >= 1, got {n_mixtures!r}; e.g. {prefix}n_mixtures=5")
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .errors import VaelabError
+from .rundir.validate import bounded
 from .transforms import Transform
 
 #: whitening divides by sqrt(variance); components with (numerically) no variance are
@@ -77,9 +78,24 @@ class PCATransform(Transform):
 
     @classmethod
     def from_state(cls, state: dict[str, torch.Tensor]) -> "PCATransform":
-        return cls(state["pca.mean"], state["pca.components"], state["pca.scale"],
-                   tuple(int(v) for v in state["pca.image_shape"]),
-                   state["pca.explained_variance_ratio"])
+        """The fitted PCA saved beside a run's weights, checked: a file is input like any other."""
+        names = ("pca.mean", "pca.components", "pca.scale", "pca.explained_variance_ratio", "pca.image_shape")
+        missing = [n for n in names if n not in state]
+        if missing:
+            raise VaelabError(f"the saved PCA lacks {', '.join(missing)}: the weights file is damaged; retrain")
+        mean, components, scale, ratio, shape = (state[n] for n in names)
+        floats = (mean, components, scale, ratio)
+        d = mean.shape[0] if mean.dim() == 1 else -1
+        k = components.shape[0] if components.dim() == 2 else -1
+        ok = (all(t.dtype == torch.float32 and bounded(t) for t in floats)
+              and shape.dtype == torch.int64 and shape.dim() == 1
+              and 1 <= len(shape) <= 4 and bool((shape >= 1).all()) and int(shape.double().prod()) == d
+              and d >= 1 and k >= 1 and components.shape == (k, d) and scale.shape == (k,) and ratio.shape == (k,)
+              and bool((scale > 0).all()))
+        if not ok:
+            raise VaelabError("the saved PCA's tensors do not fit together (shapes, dtypes or non-finite values): "
+                              "the weights file is damaged; retrain")
+        return cls(mean, components, scale, tuple(int(v) for v in shape), ratio)
 
     @torch.no_grad()
     def quality(self, images, limit: int = 5000, batch: int = 1000) -> dict[str, float]:

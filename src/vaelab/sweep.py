@@ -24,6 +24,7 @@ from pathlib import Path
 from . import rundir
 from .config import RUN_ONLY_KEYS, Config
 from .errors import VaelabError
+from .rundir.validate import read_json
 
 METRICS = ("elbo", "recon", "kl", "nll_iw", "bits_per_dim", "active_units", "data_space")
 RESULTS_CSV = "results.csv"
@@ -197,10 +198,10 @@ def _weights_stamp(path: Path) -> list[int]:
 def _cached_evaluation(path: Path, evaluation: dict) -> dict | None:
     """An earlier evaluation of these very weights with the same settings, if any."""
     try:
-        saved = json.loads((path / EVAL_FILE).read_text())
-    except (OSError, json.JSONDecodeError):
+        saved = read_json(path / EVAL_FILE)
+    except VaelabError:  # missing or damaged: evaluated again
         return None
-    if saved.get("settings") != evaluation or saved.get("weights") != _weights_stamp(path):
+    if not isinstance(saved, dict) or saved.get("settings") != evaluation or saved.get("weights") != _weights_stamp(path):
         return None
     return saved.get("result")
 

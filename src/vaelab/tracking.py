@@ -25,6 +25,7 @@ from pathlib import Path
 
 from . import rundir
 from .errors import VaelabError
+from .rundir.validate import read_json
 from .version import __version__
 
 MLFLOW_FILE = "mlflow.json"  # in the run directory: which MLflow run it logs to
@@ -65,8 +66,8 @@ def _experiment_id(mlflow_client) -> str:
 def _recorded_run(mlflow_client, run_dir: Path) -> str | None:
     """The MLflow run RUN_DIR/mlflow.json names, if it is in the current store and not deleted."""
     try:
-        record = json.loads((run_dir / MLFLOW_FILE).read_text())
-    except (OSError, ValueError):
+        record = read_json(run_dir / MLFLOW_FILE)
+    except VaelabError:  # missing or damaged: a new MLflow run
         return None
     if not isinstance(record, dict) or record.get("tracking_uri") != tracking_uri():
         return None

@@ -2,7 +2,8 @@
 
     RUN_DIR/
       config.json          the resolved config (human-readable)
-      model.json           what the weights are: shapes, dataset, transform, versions
+      model.json           what the weights are: shapes, dataset, transform, versions, and
+                           the run's id (a uuid4 written at creation; checkpoints carry it)
       model.safetensors    final weights (+ a fitted PCA), written when training ends
       metrics.jsonl        one JSON object per epoch
       checkpoints/         last-EEEEEE.safetensors after E epochs (the newest N kept),
@@ -13,6 +14,7 @@
 
 Every file is replaced atomically (temporary file, fsync, rename), so a kill at any moment
 leaves the old version or the new one, never a torn one.
+Every file is read through validate.py: a run directory is input like any other.
 """
 
 from __future__ import annotations
@@ -58,33 +60,70 @@ def remove_stale_temp_files(run_dir: Path) -> list[Path]:
 # -- metrics -----------------------------------------------------------------------------------
 
 def read_metrics(run_dir: Path) -> list[dict]:
+    """metrics.jsonl's rows, checked: a line torn by a kill is skipped (the rest still counts);
+    a row that is not what the trainer writes (a field of another type, NaN, nesting, an epoch
+    out of order or twice) makes the whole file refused with one line (a VaelabError)."""
+    from . import validate
+
     path = Path(run_dir) / METRICS
-    if not path.exists():
+    if not validate.regular_file(path, "metrics.jsonl (one JSON object per epoch)"):
         return []
+    lines = validate.read_bytes(path, validate.METRICS_LIMIT).decode("utf-8", errors="replace").splitlines()
     rows = []
-    for line in path.read_text(errors="replace").splitlines():
+    for number, line in enumerate(lines, 1):
         line = line.strip()
-        if line:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:  # a line torn by a kill: the rest still counts
+        if not line:
+            continue
+        where = f"{path} line {number}"
+        try:
+            row = validate.parse_json(line, where)
+        except VaelabError:
+            if line.startswith("{") and not line.endswith("}"):  # a line torn by a kill
                 continue
-            if isinstance(row, dict):
-                rows.append(row)
+            raise
+        _check_metrics_row(row, where, rows[-1]["epoch"] if rows else 0)
+        rows.append(row)
     return rows
+
+
+#: metrics.jsonl fields that are counts, and those that are lists (per latent dimension, per layer)
+_COUNT_FIELDS = ("skipped_steps", "nan_events", "active_units")
+_LIST_FIELDS = ("kl_per_dim", "active_units_per_layer")
+
+
+def _check_metrics_row(row, where: str, previous_epoch: int) -> None:
+    """A row as the trainer writes it: epochs in order, counts, numbers or null (never NaN), lists where lists go."""
+    from .validate import is_int, is_number
+
+    fix = "metrics.jsonl was edited or damaged; restore it, or remove the line"
+    if not isinstance(row, dict):
+        raise VaelabError(f"{where} is not a JSON object: {fix}")
+    epoch = row.get("epoch")
+    if not is_int(epoch, 1):
+        raise VaelabError(f"{where}: 'epoch' is {epoch!r:.40}, not a positive integer: {fix}")
+    if epoch <= previous_epoch:
+        raise VaelabError(f"{where}: epoch {epoch} follows epoch {previous_epoch} (each epoch has one row, in "
+                          f"order): {fix}")
+    for key, value in row.items():
+        if key in _COUNT_FIELDS:
+            ok = is_int(value, 0)
+        elif key in _LIST_FIELDS:
+            ok = isinstance(value, list) and all(v is None or is_number(v) for v in value)
+        else:
+            ok = value is None or is_number(value)
+        if not ok:
+            raise VaelabError(f"{where}: {key!r} is {value!r:.40}, not what the trainer writes there: {fix}")
 
 
 def truncate_metrics(run_dir: Path, epoch: int) -> int:
     """Keep only whole rows of epochs 1..``epoch`` (those a checkpoint covers); returns how
     many rows were dropped. A resumed run then appends each later epoch exactly once."""
     path = Path(run_dir) / METRICS
+    rows = read_metrics(run_dir)  # refuses a file that is not what the trainer wrote
     if not path.exists():
         return 0
     lines = path.read_text(errors="replace").splitlines()
-    kept = []
-    for row in read_metrics(run_dir):
-        if isinstance(row.get("epoch"), int) and row["epoch"] <= epoch:
-            kept.append(json.dumps(row) + "\n")
+    kept = [json.dumps(row) + "\n" for row in rows if row["epoch"] <= epoch]
     dropped = sum(1 for line in lines if line.strip()) - len(kept)
     if dropped:
         atomic_write_bytes(path, "".join(kept).encode())

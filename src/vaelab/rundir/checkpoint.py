@@ -18,6 +18,8 @@ from safetensors.torch import save as st_save
 
 from ..errors import VaelabError
 from ..atomicio import atomic_write_bytes
+from ..config import MAX_RATE
+from . import validate
 
 FORMAT = "vaelab-checkpoint-2"
 FORMAT_V1 = "vaelab-checkpoint-1"  # digest over the tensors only; still read
@@ -60,10 +62,7 @@ def _what_it_is(raw: bytes) -> str:
 def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     """Read and verify a file written by save_tensors; VaelabError if it is not one."""
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise VaelabError(f"cannot read {path}: {exc.strerror or exc}") from None
+    raw = validate.read_bytes(path, 1 << 40, "a vaelab checkpoint")
     try:
         # safetensors checks that the header's offsets cover the file exactly, so a
         # truncated or padded file fails here; it never unpickles anything
@@ -80,13 +79,19 @@ def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     if meta_text is None or metadata.get("sha256") != expected:
         raise VaelabError(f"{path} failed its checksum: the file was changed or damaged after it "
                           f"was written; it is not used")
-    try:
-        meta = json.loads(meta_text)
-    except json.JSONDecodeError:
-        raise VaelabError(f"{path} has unreadable metadata") from None
+    meta = validate.parse_json(meta_text, f"{path}'s metadata", finite=False)  # best_val starts at -inf
     if not isinstance(meta, dict):
         raise VaelabError(f"{path} has unreadable metadata")
     return tensors, meta
+
+
+def check_run_id(where, meta: dict, run_id: str | None) -> None:
+    """A file of this run: one carrying another run's id (copied in) is refused; one without
+    an id (written before run ids existed) is taken as it is."""
+    saved = meta.get("run_id")
+    if run_id and saved is not None and saved != run_id:
+        raise VaelabError(f"{where} belongs to run {saved!r:.40}, this run is {run_id}: it was copied from "
+                          f"another run; restore this run's own file")
 
 
 # -- optimizer state <-> flat tensors + JSON ------------------------------------------------
@@ -104,22 +109,74 @@ def flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, {"param_groups": groups, "scalars": scalars}
 
 
-def unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+#: Adam's state per parameter, as torch.optim.Adam keeps it, and the settings a checkpoint must carry
+_ADAM_STATE = ("exp_avg", "exp_avg_sq", "step")
+_NUMBERS = {"lr", "betas", "eps", "weight_decay", "params"}
+
+
+def optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta, where: str) -> dict:
+    """The optimizer's state_dict out of a checkpoint, checked against ``optimizer``'s own
+    parameters before the optimizer sees any of it: the fused Adam kernel trusts that every
+    moment has its parameter's shape and dtype, and reads out of bounds otherwise."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    fix = "the checkpoint does not fit this model (edited, or from another run); resume from another one, or retrain"
+    live = flatten_optimizer(optimizer.state_dict())[1]["param_groups"]
+    if not (isinstance(meta, dict) and isinstance(meta.get("param_groups"), list)
+            and len(meta["param_groups"]) == len(live) and meta.get("scalars", {}) == {}):
+        raise VaelabError(f"{where}: its optimizer metadata is not Adam's for this model: {fix}")
+    groups = []
+    for saved, own in zip(meta["param_groups"], live):
+        # initial_lr: an lr schedule's, kept when a resume drops the schedule
+        if not isinstance(saved, dict) or not set(saved) <= set(own) | {"initial_lr"} or not _NUMBERS <= set(saved):
+            raise VaelabError(f"{where}: its optimizer settings are not Adam's ({_keys(saved)}): {fix}")
+        validate.check_like(saved, {k: own.get(k, 0.0) for k in saved}, f"{where}: optimizer")
+        lr, betas, eps, decay = saved["lr"], saved["betas"], saved["eps"], saved["weight_decay"]
+        if saved["params"] != own["params"]:
+            raise VaelabError(f"{where}: its optimizer covers parameters {saved['params'][:8]}, this model has "
+                              f"{own['params'][:8]}: {fix}")
+        if not (validate.is_number(lr) and 0 <= lr <= MAX_RATE
+                and all(validate.is_number(b) and 0 <= b < 1 for b in betas)
+                and validate.is_number(eps) and 0 < eps <= 1
+                and validate.is_number(decay) and 0 <= decay <= MAX_RATE):
+            raise VaelabError(f"{where}: optimizer settings out of range (lr {lr!r}, betas {betas!r}, eps {eps!r}, "
+                              f"weight_decay {decay!r}): {fix}")
+        # the numbers are the checkpoint's; how the optimizer runs (fused, foreach, ...) is this trainer's
+        numbers = {k: v for k, v in saved.items() if k in _NUMBERS or k == "initial_lr"}
+        groups.append(dict(own, **numbers) | {"betas": tuple(betas)})
     state: dict[int, dict] = {}
     for name, value in tensors.items():
-        if name.startswith("optim."):
-            _, index, key = name.split(".", 2)
-            state.setdefault(int(index), {})[key] = value
-    for name, value in meta.get("scalars", {}).items():
-        index, key = name.split(".", 1)
+        if not name.startswith("optim."):
+            continue
+        _, index, key = (name.split(".", 2) + ["", ""])[:3]
+        if not (index.isdigit() and int(index) < len(params) and key in _ADAM_STATE):
+            raise VaelabError(f"{where}: unexpected optimizer tensor {name!r}: {fix}")
         state.setdefault(int(index), {})[key] = value
-    groups = []
-    for g in meta["param_groups"]:
-        g = dict(g)
-        if "betas" in g:
-            g["betas"] = tuple(g["betas"])
-        groups.append(g)
+    for index, entry in state.items():
+        param = params[index]
+        missing = [k for k in _ADAM_STATE if k not in entry]
+        if missing:
+            raise VaelabError(f"{where}: optimizer state of parameter {index} lacks {', '.join(missing)}: {fix}")
+        for key in ("exp_avg", "exp_avg_sq"):
+            t = entry[key]
+            if t.shape != param.shape or t.dtype != param.dtype:
+                raise VaelabError(f"{where}: optimizer state optim.{index}.{key} is {t.dtype} {tuple(t.shape)}, its "
+                                  f"parameter {param.dtype} {tuple(param.shape)}: {fix}")
+            if not validate.bounded(t) or (key == "exp_avg_sq" and bool((t < 0).any())):
+                raise VaelabError(f"{where}: optimizer state optim.{index}.{key} holds NaN, inf, values beyond "
+                                  f"{validate.MAX_WEIGHT:g} or (its squares) negative values: {fix}")
+            entry[key] = t.to(param.device)
+        step = entry["step"]
+        if step.numel() != 1 or step.dtype != torch.float32 or not bool(torch.isfinite(step).all()) \
+                or not 1 <= float(step) <= 2**53:
+            raise VaelabError(f"{where}: optimizer step count of parameter {index} is not one positive float32 "
+                              f"({step.dtype} {tuple(step.shape)}): {fix}")
+        # Adam keeps the count as a float32 scalar, on the parameter's device for the fused kernel
+        entry["step"] = step.reshape(()).to(param.device if optimizer.defaults.get("fused") else "cpu")
     return {"state": state, "param_groups": groups}
+
+
+def _keys(value) -> str:
+    return ", ".join(sorted(map(str, value))[:8]) if isinstance(value, dict) else type(value).__name__
 
 
 # -- the model's weights inside a checkpoint or model.safetensors ------------------------------
@@ -135,6 +192,25 @@ def model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def model_state(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The model's state_dict out of a checkpoint's or model.safetensors' tensors."""
     return {k[len(MODEL_PREFIX):]: v for k, v in tensors.items() if k.startswith(MODEL_PREFIX)}
+
+
+def check_model_state(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], where: str) -> None:
+    """``state`` must hold exactly the tensors of ``expected`` (a model's state_dict, on any
+    device, the meta device included), with the same shapes and dtypes, and finite weights."""
+    fix = "was the config edited, or the file taken from another run? restore it, or retrain"
+    missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or extra:
+        said = "; ".join(part for part in (f"missing {', '.join(missing[:3])}" if missing else "",
+                                           f"unexpected {', '.join(extra[:3])}" if extra else "") if part)
+        raise VaelabError(f"{where} does not hold this model's weights ({said}): {fix}")
+    for name, own in expected.items():
+        t = state[name]
+        if t.shape != own.shape or t.dtype != own.dtype:
+            raise VaelabError(f"{where}: {name} is {t.dtype} {tuple(t.shape)}, the model's is {own.dtype} "
+                              f"{tuple(own.shape)}: {fix}")
+        if t.is_floating_point() and not validate.bounded(t):
+            raise VaelabError(f"{where}: weights hold NaN/inf (or values beyond {validate.MAX_WEIGHT:g}) in {name}: "
+                              f"the file is damaged or training diverged; use an earlier checkpoint, or retrain")
 
 
 def saved_transform(tensors: dict[str, torch.Tensor]):

@@ -3,7 +3,7 @@ reconstruct, encode."""
 
 from __future__ import annotations
 
-import json
+import math
 from pathlib import Path
 
 import torch
@@ -16,8 +16,13 @@ from ..evaluate import evaluate_model
 from ..images import decode_images
 from ..families import build_model
 from ..prepared_data import eval_images
-from .checkpoint import load_tensors, model_state, saved_transform
+from . import validate
+from .checkpoint import check_model_state, check_run_id, load_tensors, model_state, saved_transform
 from ..transforms import make_transform
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 class Run:
@@ -69,6 +74,11 @@ class Run:
             labels = labels[:limit] if labels is not None else None
         result = evaluate_model(self.model, self.transform, images, iw_samples=iw_samples,
                                 batch_size=batch_size, seed=seed, progress=progress, labels=labels)
+        bad = [k for k in ("elbo", "recon", "kl", "nll_iw") if result.get(k) is not None and not _finite(result[k])]
+        if bad:  # never a nan printed as if it were a measurement
+            raise VaelabError(f"the model's {', '.join(bad)} on {name} is not finite ({result[bad[0]]}): its weights "
+                              f"({self.weights}) overflow on these images; use an earlier checkpoint (--which), "
+                              f"or retrain")
         result.update(split=split, dataset=name)
         return result
 
@@ -77,7 +87,11 @@ class Run:
         """n images from the prior, float in [0, 1], (n, C, H, W)."""
         self.model.eval()
         gen = torch.Generator(device=self.device).manual_seed(seed)
-        return self.transform.to_images(self.model.sample_prior(n, generator=gen)).cpu()
+        images = self.transform.to_images(self.model.sample_prior(n, generator=gen)).cpu()
+        if not bool(torch.isfinite(images).all()):
+            raise VaelabError(f"samples of {self.path} are not finite: its weights ({self.weights}) overflow; use an "
+                              f"earlier checkpoint, or retrain")
+        return images
 
     @torch.no_grad()
     def decode(self, z) -> torch.Tensor:
@@ -136,53 +150,110 @@ def _weights_path(path: Path, which: str) -> Path:
     raise VaelabError(f"{path} has no weights yet (no {rundir.WEIGHTS} and no checkpoint): train it first")
 
 
-def check_description(path: Path, config: Config, description) -> None:
-    """model.json says what the weights are; config.json how they were made. Both must be
-    whole and agree, else numbers would be computed for another model (a VaelabError)."""
+#: model.json's fields and their types (a string, an int); older runs may lack some
+_DESCRIPTION = {"format": "", "vaelab": "", "torch": "", "dataset": "", "transform": "", "latent_dim": 0,
+                "likelihood": "", "variance": "", "encoder": "", "decoder": "", "family": "", "prior": "",
+                "flow_steps": 0, "kl_method": "", "parameters": 0, "weights": "", "run_id": ""}
+MAX_EVENT_SIZE = 2**26  # values in one example: 64 times a 1024x1024 RGB image
+
+
+def read_description(path: Path) -> dict:
+    """model.json, read and checked for types and sizes (not yet against config.json)."""
     where = path / rundir.MODEL_JSON
+    description = validate.read_json(where, "model.json (the model's description)")
     if not isinstance(description, dict):
         raise VaelabError(f"{where} is not a model description (a JSON object); restore it or retrain")
     for key in ("event_shape", "image_shape"):
         shape = description.get(key)
-        if not (isinstance(shape, list) and shape and all(isinstance(d, int) and d >= 1 for d in shape)):
-            raise VaelabError(f"{where}: {key} is missing or not a list of positive sizes ({shape!r}); the run "
-                              f"directory is damaged: restore {rundir.MODEL_JSON} or retrain")
+        if not (isinstance(shape, list) and 1 <= len(shape) <= 4 and all(validate.is_int(d, 1) for d in shape)
+                and _product(shape) <= MAX_EVENT_SIZE):
+            raise VaelabError(f"{where}: {key} is missing or not a list of up to 4 positive sizes of at most "
+                              f"{MAX_EVENT_SIZE:,} values in all ({shape!r:.60}); the run directory is damaged: "
+                              f"restore {rundir.MODEL_JSON} or retrain")
+    for key, kind in _DESCRIPTION.items():
+        if key in description:
+            validate.check_like(description[key], kind, f"{where}: {key}")
+    return description
+
+
+def _product(shape: list[int]) -> int:
+    total = 1
+    for d in shape:
+        total *= d
+    return total
+
+
+def check_description(path: Path, config: Config, description: dict) -> None:
+    """model.json says what the weights are; config.json how they were made. Both must
+    agree, else numbers would be computed for another model (a VaelabError)."""
+    where = path / rundir.MODEL_JSON
     pairs = (("dataset", config.data.name), ("transform", config.data.transform),
              ("likelihood", config.model.likelihood), ("latent_dim", config.model.latent_dim),
              ("encoder", config.model.encoder), ("decoder", config.model.decoder),
-             ("family", config.model.family), ("prior", config.model.prior), ("flow_steps", config.model.flow_steps))
+             ("family", config.model.family), ("prior", config.model.prior), ("flow_steps", config.model.flow_steps),
+             ("variance", config.model.variance))
     for key, value in pairs:
         if key in description and description[key] != value:
             raise VaelabError(f"{where} says {key} {description[key]!r} but {rundir.CONFIG} says {value!r}: one of "
                               f"them was edited; restore it (the weights were trained as {rundir.MODEL_JSON} says)")
+    if config.data.transform != "pca" and "image_shape" in description and config.data.transform != "m1" \
+            and description["event_shape"] != description["image_shape"]:
+        raise VaelabError(f"{where}: event_shape {description['event_shape']} differs from image_shape "
+                          f"{description['image_shape']}, which only a PCA or M1 transform does; restore it or retrain")
+
+
+def read_config(path: Path) -> Config:
+    """config.json, checked exactly as a config a user gives (types, ranges, caps)."""
+    where = path / rundir.CONFIG
+    validate.read_bytes(where, validate.JSON_LIMIT, "config.json (the run's config)")  # a regular file, not huge
+    try:
+        return Config.load(where).validate()
+    except VaelabError as exc:
+        message = str(exc)
+        raise VaelabError(message if str(where) in message else f"{where}: {message}") from None
+
+
+def model_shapes(path: Path, config: Config, description: dict, event_shape: tuple[int, ...]) -> torch.nn.Module:
+    """The config's model built on the meta device (shapes, no memory), checked against the
+    parameter count model.json records: an edited config.json or model.json cannot make
+    vaelab allocate a model other than the run's."""
+    with torch.device("meta"):
+        shapes = build_model(config.model, event_shape)
+    count = sum(p.numel() for p in shapes.parameters())
+    if "parameters" in description and description["parameters"] != count:
+        raise VaelabError(f"{path / rundir.MODEL_JSON} says {description['parameters']:,} parameters, the model in "
+                          f"{rundir.CONFIG} has {count:,}: one of them was edited; restore it, or retrain")
+    return shapes
 
 
 def load_run(path: str | Path, device: str = "cpu", which: str = "final", data_dir: str | Path | None = None) -> Run:
     """Load a run directory: ``which`` is final (model.safetensors), best or last (checkpoint).
     ``data_dir`` says where its dataset is now, in place of the folder it recorded."""
     path = Path(path)
-    if not (path / rundir.CONFIG).exists() or not (path / rundir.MODEL_JSON).exists():
+    if not validate.regular_file(path / rundir.CONFIG) or not validate.regular_file(path / rundir.MODEL_JSON):
         raise VaelabError(f"{path} is not a vaelab run directory (expected {rundir.CONFIG} and {rundir.MODEL_JSON})")
     device = str(resolve_device(device))
-    config = Config.load(path / rundir.CONFIG)
+    config = read_config(path)
     if data_dir is not None:
         config.data.data_dir = str(data_dir)
-    try:
-        description = json.loads((path / rundir.MODEL_JSON).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise VaelabError(f"{path / rundir.MODEL_JSON} is not valid JSON") from None
+    description = read_description(path)
     check_description(path, config, description)
     weights = _weights_path(path, which)
-    tensors, _ = load_tensors(weights)
-    model = build_model(config.model, tuple(description["event_shape"]))
-    try:
-        model.load_state_dict(model_state(tensors))
-    except RuntimeError as exc:
-        detail = " ".join(line.strip() for line in str(exc).splitlines()[1:3])[:300]
-        raise VaelabError(f"{weights} does not match the model in {rundir.CONFIG} ({detail}); was "
-                          f"{rundir.CONFIG} edited? restore it, or retrain") from None
-    model.to(device).eval()
+    tensors, meta = load_tensors(weights)
+    check_run_id(weights, meta, description.get("run_id"))
     transform = saved_transform(tensors)
+    if (transform is not None) != (config.data.transform == "pca"):
+        raise VaelabError(f"{weights} {'holds' if transform is not None else 'lacks'} a fitted PCA but the run's "
+                          f"transform is {config.data.transform}: the file belongs to another run; restore it")
+    event_shape = tuple(description["event_shape"])
+    if transform is not None and event_shape != (transform.n_components,):
+        raise VaelabError(f"{path / rundir.MODEL_JSON}: event_shape {list(event_shape)} but the saved PCA has "
+                          f"{transform.n_components} components: restore it, or retrain")
+    shapes = model_shapes(path, config, description, event_shape)
+    check_model_state(shapes.state_dict(), model_state(tensors), str(weights))
+    model = build_model(config.model, event_shape)
+    model.load_state_dict(model_state(tensors))
+    model.to(device).eval()
     if transform is not None:
         transform = transform.to(device)
     elif config.data.transform == "m1":

@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+from ..errors import VaelabError
+
 from ..atomicio import atomic_write_bytes
 
 PROGRESS_DIR = "progress"
@@ -45,17 +47,26 @@ def write_progress_gif(run_dir: str | Path, out: str | Path | None = None, frame
 
 
 def read_step_stats(run_dir: str | Path) -> list[dict]:
-    """The rows StepStats wrote (RUN_DIR/progress/steps.jsonl), in step order; [] if none."""
-    import json
+    """The rows StepStats wrote (RUN_DIR/progress/steps.jsonl), in step order; [] if none.
+    A row that is not what StepStats writes (a step count, then numbers) is one VaelabError."""
+    from . import validate
 
     path = Path(run_dir) / PROGRESS_DIR / STEPS_FILE
-    if not path.is_file():
+    if not validate.regular_file(path, "progress/steps.jsonl"):
         return []
     rows = {}
-    for line in path.read_text().splitlines():
+    text = validate.read_bytes(path, validate.METRICS_LIMIT).decode("utf-8", errors="replace")
+    for number, line in enumerate(text.splitlines(), 1):
+        where = f"{path} line {number}"
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError:  # a line cut short by a kill
-            break
+            row = validate.parse_json(line, where, finite=False)  # a diverged run logs NaN spreads
+        except VaelabError:
+            if line.startswith("{") and not line.endswith("}"):  # a line cut short by a kill
+                break
+            raise
+        if not (isinstance(row, dict) and validate.is_int(row.get("step"), 0)
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in row.values())):
+            raise VaelabError(f"{where} is not a row of step statistics: the file was edited or damaged; "
+                              f"delete it (it only feeds the latent-statistics figure)")
         rows[row["step"]] = row  # an epoch redone after a NaN rollback rewrites its steps: the last counts
     return [rows[step] for step in sorted(rows)]

@@ -11,7 +11,6 @@ at once. A folder holding nothing but a lock (a run killed while starting) count
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -19,6 +18,7 @@ from pathlib import Path
 
 from .. import rundir
 from ..errors import VaelabError
+from ..rundir import validate
 
 #: what a run directory may hold: training's files, then those later commands write into it
 #: (report.html, sweep-eval.json, the demo's two grids); anything else is someone's own file
@@ -45,9 +45,9 @@ def check_replaceable(out: Path) -> None:
     """Refuse, in one line, anything but a vaelab run directory."""
     if out.is_symlink():
         raise VaelabError(f"{out} is a symbolic link: give --out the folder it points to ({out.resolve()})")
-    try:
-        saved = json.loads((out / rundir.CONFIG).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    try:  # a regular file of bounded size and depth: a FIFO or deep nesting here must not hang or raise
+        saved = validate.read_json(out / rundir.CONFIG)
+    except VaelabError:
         saved = None
     if not (isinstance(saved, dict) and {"data", "model", "train"} <= saved.keys()):
         raise VaelabError(f"{out} is not empty and is not a vaelab run directory (no readable {rundir.CONFIG} "

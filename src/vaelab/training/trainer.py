@@ -15,6 +15,7 @@ import math
 import signal
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import torch
@@ -32,10 +33,12 @@ from ..families import build_model
 from ..objective import training_loss
 from ..prepared_data import PreparedData, prepare_data
 from ..rundir import checkpoint as ckpt
-from ..rundir.load import m1_codes
+from ..rundir import validate
+from ..rundir.load import check_description, m1_codes, model_shapes, read_description
 from ..version import __version__
 from .nan_guard import NanGuard, RolledBack
 from .replace import Replacement, is_dead_end, restore_interrupted
+from .restore import checked_state
 from .schedules import EarlyStopping, KLSchedule, load_lr_state, make_lr_scheduler
 
 VAL_NOISE_SEED = 1234  # validation uses its own generator: it never moves training's RNG
@@ -70,6 +73,8 @@ class Trainer:
         self.stop_signal = signal.SIGINT  # the signal that stopped training, if one did
         self.out = Path(out)
         self.resume = resume
+        self.run_id: str | None = None  # set when the run directory is opened (_run_identity)
+        self.description: dict | None = None  # a resumed run's model.json
         self.dist = distributed.context()  # None unless several processes train together
         self.is_main = self.dist is None or self.dist.is_main  # only rank 0 writes the run directory
         self.progress = progress and self.is_main
@@ -111,6 +116,8 @@ class Trainer:
             self.data.transform.to(self.device)
         self.train_images = _resident(self.data.train, self.device, self.log)
         self.val_images = _resident(self.data.val, self.device, self.log)
+        if self.description is not None:  # resuming: the run's own model, before any memory is taken
+            model_shapes(self.out, cfg, self.description, self.data.event_shape)
         self.model = build_model(cfg.model, self.data.event_shape).to(self.device)
         self.channels_last = training.channels_last == "on" or (
             training.channels_last == "auto" and bool({"conv", "resnet"} & {cfg.model.encoder, cfg.model.decoder}))
@@ -167,7 +174,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "kl_schedule": self.kl_schedule.state(), "stopper": self.stopper.state(),
             "skipped_steps": self.skipped_steps, "nan_events": self.nan_events,
-            "vaelab": __version__, "torch": torch.__version__,
+            "vaelab": __version__, "torch": torch.__version__, "run_id": self.run_id,
         }
         if partial is not None:  # written mid-epoch: the epoch's order and partial sums
             tensors["epoch.order"], tensors["epoch.sums"] = partial["order"], partial["sums"]
@@ -179,9 +186,13 @@ class Trainer:
         tensors, meta = self._state()
         return {k: v.detach().clone() for k, v in tensors.items()}, json.loads(json.dumps(meta))
 
-    def load_state(self, tensors: dict, meta: dict) -> None:
+    def load_state(self, tensors: dict, meta: dict, where: str = "the last good state",
+                   position: tuple[int, int] | None = None) -> None:
+        """Restore a checkpoint; every part is checked first (restore.checked_state), so a
+        file that does not fit this run changes nothing and is one VaelabError."""
+        checked = checked_state(self, tensors, meta, where, position)
         self.model.load_state_dict(ckpt.model_state(tensors))
-        self.optimizer.load_state_dict(ckpt.unflatten_optimizer(tensors, meta["optimizer"]))
+        self.optimizer.load_state_dict(checked["optimizer"])
         _match_state_layout(self.optimizer)
         if self.scheduler and meta.get("scheduler"):
             load_lr_state(self.scheduler, meta["scheduler"])
@@ -240,7 +251,7 @@ class Trainer:
                              f"renamed to {rundir.set_aside(path).name}")
                 continue
             try:
-                self.load_state(tensors, meta)
+                self.load_state(tensors, meta, str(path), rundir.checkpoint_position(path))
             except (RuntimeError, KeyError, ValueError) as exc:
                 detail = " ".join(line.strip() for line in str(exc).splitlines()[1:3])[:300] or str(exc)
                 raise VaelabError(f"{path} does not match this run's config ({detail}); "
@@ -288,8 +299,9 @@ class Trainer:
         with rundir.RunLock(self.out) if self.is_main else contextlib.nullcontext():
             transform = None
             try:
+                self.run_id = self._run_identity()
                 if self.resume and cfg.data.transform == "pca":
-                    transform = _saved_transform(self.out)
+                    transform = _saved_transform(self.out, self.run_id)
                 self._setup(transform)
             except BaseException:
                 if created:  # bad data or settings: leave no half-made run directory behind
@@ -340,6 +352,20 @@ class Trainer:
             self._save_final()
             self._callback("on_train_end")
         return self.out
+
+    def _run_identity(self) -> str:
+        """A new run's id (a uuid4), or a resumed run's own from model.json, which its
+        checkpoints must carry. The files the trainer appends to must be files (a directory
+        or FIFO there would raise or block at the first line)."""
+        for name in (rundir.LOG, rundir.METRICS):
+            validate.regular_file(self.out / name)
+        if self.resume and validate.regular_file(self.out / rundir.MODEL_JSON):
+            self.description = read_description(self.out)
+            check_description(self.out, self.config, self.description)
+            run_id = self.description.get("run_id")
+            if run_id:  # runs from before run ids have none: their checkpoints are not checked
+                return run_id
+        return uuid.uuid4().hex
 
     def _callback(self, event: str, *args) -> None:
         if not self.is_main:
@@ -581,7 +607,7 @@ class Trainer:
             "prior": self.config.model.prior, "flow_steps": self.config.model.flow_steps,
             "kl_method": getattr(self.model, "kl_method", "analytic"),
             "parameters": sum(p.numel() for p in self.model.parameters()),
-            "weights": rundir.WEIGHTS,
+            "weights": rundir.WEIGHTS, "run_id": self.run_id,
         }
         rundir.atomic_write_bytes(self.out / rundir.MODEL_JSON, (json.dumps(description, indent=2) + "\n").encode())
 
@@ -590,7 +616,8 @@ class Trainer:
             return
         tensors = ckpt.model_tensors(self.model)
         tensors.update(self.data.transform.state())
-        ckpt.save_tensors(self.out / rundir.WEIGHTS, tensors, {"epoch": self.epoch, "vaelab": __version__})
+        ckpt.save_tensors(self.out / rundir.WEIGHTS, tensors, {"epoch": self.epoch, "vaelab": __version__,
+                                                           "run_id": self.run_id})
         self.log(f"done: {self.epoch} epochs; weights in {self.out / rundir.WEIGHTS}")
 
 
@@ -661,11 +688,13 @@ def _finite_or_null(row: dict) -> dict:
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
 
 
-def _saved_transform(run_dir: Path):
+def _saved_transform(run_dir: Path, run_id: str | None):
     """The PCA a run fitted, from its weights or a checkpoint: a resume goes on with it."""
     for path in [run_dir / rundir.WEIGHTS, *rundir.checkpoint_paths(run_dir)]:
         if path.exists():
-            transform = ckpt.saved_transform(ckpt.load_tensors(path)[0])
+            tensors, meta = ckpt.load_tensors(path)
+            ckpt.check_run_id(path, meta, run_id)
+            transform = ckpt.saved_transform(tensors)
             if transform is not None:
                 return transform
     raise VaelabError(f"{run_dir} has no saved PCA to resume with")
