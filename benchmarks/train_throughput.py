@@ -136,7 +136,7 @@ class ReferenceLoop:
         return rate
 
     def denormal_state(self) -> tuple[int, int]:
-        """(denormal values, all values) in Adam's running averages: the issue's slowdown source."""
+        """(denormal values, all values) in Adam's running averages: a suspected slowdown source."""
         tiny = torch.finfo(torch.float32).tiny
         values = [s[k] for s in self.opt.state.values() for k in ("exp_avg", "exp_avg_sq")]
         return (sum(int(((v != 0) & (v.abs() < tiny)).sum()) for v in values), sum(v.numel() for v in values))

@@ -85,6 +85,8 @@ def cmd_sample(args) -> int:
 
 
 def cmd_reconstruct(args) -> int:
+    import torch
+
     from ..imagegrid import paired_rows, save_grid
     from ..rundir.load import load_run
 
@@ -92,7 +94,8 @@ def cmd_reconstruct(args) -> int:
     check_output(args.out, args.overwrite)
     run = load_run(args.run_dir, device=args.device or "cpu", data_dir=args.data_dir)
     images, _ = run.images(args.split)
-    images = images[:args.n]
+    # spread over the split, not its first n: a folder read class by class would show one class
+    images = images[torch.linspace(0, len(images) - 1, min(args.n, len(images))).round().long()]
     shown = run.transform.to_images(run.transform.fixed(images)).cpu()
     grid, width = paired_rows(shown, run.reconstruct(images, seed=args.seed))
     save_grid(grid, args.out, nrow=width)
@@ -159,7 +162,7 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("reconstruct", help="originals and their reconstructions")
     p.add_argument("run_dir")
-    p.add_argument("-n", type=int, default=20)
+    p.add_argument("-n", type=int, default=20, help="how many images, evenly spaced over the split (default 20)")
     add_split(p)
     p.add_argument("--out", required=True, help="PNG file to write")
     add_seed(p)
