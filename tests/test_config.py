@@ -31,6 +31,8 @@ def test_unknown_key_suggests_the_closest():
     ("model.likelihood=poisson", "poisson"),
     ("model.sigma=0", "model.sigma must be a positive"),
     ("data.val_fraction=1.5", "data.val_fraction must be between"),
+    # found by the run-directory fuzz: a floor past float32 made the first step raise
+    ("train.free_bits=1e308", "train.free_bits must be at most"),
 ])
 def test_bad_values_get_one_clear_line(assignment, message):
     c = Config()

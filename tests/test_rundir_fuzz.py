@@ -165,6 +165,14 @@ def test_a_huge_seed_in_config_json(run):
     refused("train", "--resume", str(run), "--quiet", "--set", "train.epochs=3", says="train.seed")
 
 
+def test_free_bits_past_float32_in_config_json(run):
+    """Found by the long fuzz run: resume raised RuntimeError (overflow) at the first step."""
+    config = json.loads((run / "config.json").read_text())
+    config["train"]["free_bits"] = 1e308
+    (run / "config.json").write_text(json.dumps(config))
+    refused("train", "--resume", str(run), "--quiet", "--set", "train.epochs=3", says="train.free_bits")
+
+
 @pytest.mark.parametrize("change", [
     lambda g: g.__setitem__("params", [[0], [1]]),
     lambda g: g.__setitem__("betas", {"a": 1}),

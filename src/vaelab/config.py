@@ -35,6 +35,7 @@ MAX_LATENT_DIM = 10_000
 MAX_WIDTH = 65_536  # a layer's width, channels or IAF/ladder size
 MAX_THREADS = 1024
 MAX_RATE = 1e6  # train.lr and train.weight_decay: far past any that trains, short of overflowing a step
+MAX_FREE_BITS = 1e6  # nats per latent dimension: far past any useful floor, inside float32 (the KL is clamped to it)
 MAX_SEED = 2**32 - 1  # every generator vaelab seeds (torch, NumPy) takes it
 
 
@@ -271,6 +272,7 @@ class Config:
         _at_least("train.anneal_step", train.anneal_step, 0.0)
         _range("train.anneal_start_rel", train.anneal_start_rel, 0.0, 1.0)
         _at_least("train.free_bits", train.free_bits, 0.0)
+        _at_most("train.free_bits", train.free_bits, MAX_FREE_BITS)
         _at_least("train.grad_clip", train.grad_clip, 0.0)
         _choice("train.lr_schedule", train.lr_schedule, LR_SCHEDULES)
         _at_least("train.lr_step_epochs", train.lr_step_epochs, 1)
