@@ -381,12 +381,12 @@ def _dlogistic_log_pmf(mean: Tensor, log_scale: Tensor, x: Tensor) -> Tensor:
     lower = inv_scale * ((level - 0.5) / _LEVELS - mean)
     width = inv_scale / _LEVELS  # upper - lower, computed without cancellation
     tiny = torch.finfo(width.dtype).tiny
-    log_mass = -F.softplus(-upper) - F.softplus(lower) + torch.log(-torch.expm1(-width.clamp_min(tiny)))
+    first_bin = -F.softplus(-upper)  # log P(X < 0.5/255)
+    last_bin = -F.softplus(lower)  # log P(X > 254.5/255)
+    log_mass = first_bin + last_bin + torch.log(-torch.expm1(-width.clamp_min(tiny)))
     mid = inv_scale * (level / _LEVELS - mean)
     log_mid_density = mid - 2 * F.softplus(mid) - log_scale - math.log(_LEVELS)
     interior = torch.where(width > tiny, log_mass, log_mid_density)
-    first_bin = -F.softplus(-upper)  # log P(X < 0.5/255)
-    last_bin = -F.softplus(lower)  # log P(X > 254.5/255)
     return torch.where(level == 0, first_bin, torch.where(level == _LEVELS, last_bin, interior))
 
 
@@ -519,16 +519,17 @@ class DiscretizedLogisticMixtureRGB(Likelihood):
     def _components(self, params: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(mixture logits (B, K, H, W), means, log-scales, tanh'd coefficients (B, K, 3, H, W))."""
         self._check_params(params)
-        p = params.unflatten(1, (4, self.n_mixtures))
-        return p[:, 0].sum(2), p[:, 1], p[:, 2], torch.tanh(p[:, 3])
+        # unbind, not p[:, i]: the backward of each index would fill a zero tensor of p's size
+        logits, means, log_scales, coeffs = params.unflatten(1, (4, self.n_mixtures)).unbind(1)
+        return logits.sum(2), means, log_scales, torch.tanh(coeffs)
 
     @staticmethod
     def _coupled(means: Tensor, coeffs: Tensor, x: Tensor) -> Tensor:
         """Each channel's logistic location given the earlier channels' values x (B, 1, 3, H, W)."""
-        r, g = x[:, :, 0], x[:, :, 1]
-        return torch.stack((means[:, :, 0],
-                            means[:, :, 1] + coeffs[:, :, 0] * r,
-                            means[:, :, 2] + coeffs[:, :, 1] * r + coeffs[:, :, 2] * g), dim=2)
+        r, g, _ = x.unbind(2)
+        m_r, m_g, m_b = means.unbind(2)
+        a, b, c = coeffs.unbind(2)
+        return torch.stack((m_r, m_g + a * r, m_b + b * r + c * g), dim=2)
 
     def log_prob(self, params: Tensor, x: Tensor) -> Tensor:
         x = self._check_x(params, x)
