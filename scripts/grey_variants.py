@@ -11,6 +11,9 @@ form `data.name=folder:GREY/NAME` reads; the images of different variants are di
   own angle drawn uniformly from [-45, 45] degrees (seeded)
 - ``digits-0-4``: 8,000 training images of the digits 0-4 from 24,000 on, tested on the
   1,934 test images of the digits 5-9 from 6,000 on (classes the model never saw)
+- ``noisy-background``: MNIST training images 42,000-49,999, and 50,000-51,999 as the test
+  split (MNIST's test images are used up above), each pixel the larger of the digit's and a
+  uniform draw from 0-255 (seeded), as in Larochelle et al. 2007's mnist-back-rand
 - ``cifar-grey``: CIFAR-10 training JPEGs (``cifar10/train`` under the data dir) as 28x28
   grey (Pillow's "L" conversion, then a bicubic resize): 8,000 to train on, 2,000 other
   images as the test split (natural images, not digits: for the unsupervised findings)
@@ -83,6 +86,10 @@ def main() -> None:
     variants["digits-0-4"] = ((tr[low], tr_y[low]), (te[high], te_y[high]))
     images, labels = cifar_grey(Path(args.data_dir) / "cifar10" / "train", rng)
     variants["cifar-grey"] = ((images[:TRAIN], labels[:TRAIN]), (images[TRAIN:], labels[TRAIN:]))
+    noise = np.random.default_rng(args.seed + 1)  # its own stream: the sets above stay as they were
+    variants["noisy-background"] = tuple(
+        (np.maximum(x, noise.integers(0, 256, x.shape, dtype=np.uint8)), y)
+        for x, y in (block(tr, tr_y, 42000, TRAIN), block(tr, tr_y, 50000, TEST)))
     for name, ((x, y), (xt, yt)) in variants.items():
         write_split(out / name / "train", x, y)
         write_split(out / name / "test", xt, yt)
