@@ -64,7 +64,7 @@ def main() -> None:
     torch.manual_seed(config.train.seed)
     alone = build_model(config.model, data.event_shape)
     params = list(alone.classifier.parameters()) + list(alone.classifier_head.parameters())
-    optimizer = torch.optim.Adam(params, lr=args.lr)
+    optimizer = torch.optim.Adam(params, lr=args.lr, weight_decay=config.train.weight_decay)
     x_l, y_l = data.train[data.labelled], data.train_labels[data.labelled]
     steps = args.epochs * -(-(len(data.train) - args.labels) // config.train.batch_size)
     generator = torch.Generator().manual_seed(0)
@@ -75,6 +75,7 @@ def main() -> None:
         loss.backward()
         optimizer.step()
     alone_seconds = time.perf_counter() - start
+    alone.eval()  # dropout off, as M2's evaluation has it
     with torch.no_grad():
         predicted = alone.classify(run.transform.fixed(images)).argmax(-1)
     alone_error = float((predicted != labels).float().mean())
