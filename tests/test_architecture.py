@@ -29,7 +29,7 @@ LAYERS = [
     # 7: training
     ["training"],
     # 8: analysis: figures, reports, comparisons, sweeps, the write-ups' findings
-    ["figures", "report", "compare", "sweep", "findings", "export"],
+    ["figures", "report", "compare", "sweep", "findings", "export", "expost"],
     # 9: the shell and the package's public API
     ["cli", "", "__main__"],
 ]

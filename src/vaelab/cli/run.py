@@ -77,10 +77,20 @@ def cmd_sample(args) -> int:
     from ..rundir.load import load_run
 
     _check_grid_size(args.n)
+    if args.fitted_prior:
+        from ..expost import check_fit_settings, sample_fitted
+
+        check_fit_settings(args.fitted_prior, args.fit_images)
     check_output(args.out, args.overwrite)
     run = load_run(args.run_dir, device=args.device or "cpu")
-    save_grid(run.sample(args.n, seed=args.seed), args.out)
-    print(f"wrote {args.out}")
+    if args.fitted_prior:
+        images = sample_fitted(run, args.n, seed=args.seed, components=args.fitted_prior, fit_images=args.fit_images)
+        note = (f" (z from a {args.fitted_prior}-component Gaussian mixture fitted to the posterior means of "
+                f"training images, not the model's prior)")
+    else:
+        images, note = run.sample(args.n, seed=args.seed), ""
+    save_grid(images, args.out)
+    print(f"wrote {args.out}{note}")
     return 0
 
 
@@ -155,6 +165,11 @@ def register(subparsers) -> None:
     p.add_argument("run_dir")
     p.add_argument("-n", type=int, default=64)
     p.add_argument("--out", required=True, help="PNG file to write")
+    p.add_argument("--fitted-prior", type=int, default=0, metavar="K",
+                   help="draw z from a K-component full-covariance Gaussian mixture fitted to the posterior means of "
+                        "training images (ex-post density estimation), not from the model's prior; 0: the prior")
+    p.add_argument("--fit-images", type=int, default=10_000, metavar="N",
+                   help="training images the mixture is fitted on (default 10,000, chosen with --seed)")
     add_seed(p)
     add_device(p)
     add_overwrite(p)
