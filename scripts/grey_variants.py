@@ -14,6 +14,9 @@ form `data.name=folder:GREY/NAME` reads; the images of different variants are di
 - ``noisy-background``: MNIST training images 42,000-49,999, and 50,000-51,999 as the test
   split (MNIST's test images are used up above), each pixel the larger of the digit's and a
   uniform draw from 0-255 (seeded), as in Larochelle et al. 2007's mnist-back-rand
+- ``bold-shifted``: MNIST training images 52,000-59,999, and 40,000-41,999 as the test split,
+  strokes thickened (a 3x3 maximum filter) and each image moved by its own offset of up to 3
+  pixels each way (seeded): another hand, off centre
 - ``cifar-grey``: CIFAR-10 training JPEGs (``cifar10/train`` under the data dir) as 28x28
   grey (Pillow's "L" conversion, then a bicubic resize): 8,000 to train on, 2,000 other
   images as the test split (natural images, not digits: for the unsupervised findings)
@@ -28,7 +31,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFilter
 
 TRAIN, TEST = 8000, 2000
 
@@ -44,6 +47,12 @@ def write_split(root: Path, images: np.ndarray, labels: np.ndarray) -> None:
 def rotate(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     angles = rng.uniform(-45, 45, len(images))
     return np.stack([np.asarray(Image.fromarray(im).rotate(a, resample=Image.BILINEAR)) for im, a in zip(images, angles)])
+
+
+def bold_shifted(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    bold = [Image.fromarray(im).filter(ImageFilter.MaxFilter(3)) for im in images]
+    shifts = rng.integers(-3, 4, (len(images), 2))
+    return np.stack([np.asarray(im.transform(im.size, Image.AFFINE, (1, 0, -dx, 0, 1, -dy))) for im, (dx, dy) in zip(bold, shifts)])
 
 
 def cifar_grey(folder: Path, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -62,12 +71,15 @@ def main() -> None:
     parser.add_argument("--data-dir", required=True, help="holds mnist/ (the IDX .gz files) and cifar10/train/")
     parser.add_argument("--out", required=True)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", default="", help="comma-separated variants to write (default: all)")
     args = parser.parse_args()
     import vaelab
 
     out = Path(args.out)
-    if out.exists() and any(out.iterdir()):
-        raise SystemExit(f"{out} is not empty: choose another --out")
+    only = [name for name in args.only.split(",") if name]
+    taken = [p for p in (out.iterdir() if out.exists() else []) if not only or p.name in only]
+    if taken:
+        raise SystemExit(f"{taken[0]} exists: choose another --out")
     rng = np.random.default_rng(args.seed)
     train = vaelab.load_dataset("mnist", "train", data_dir=args.data_dir)
     test = vaelab.load_dataset("mnist", "test", data_dir=args.data_dir)
@@ -90,7 +102,15 @@ def main() -> None:
     variants["noisy-background"] = tuple(
         (np.maximum(x, noise.integers(0, 256, x.shape, dtype=np.uint8)), y)
         for x, y in (block(tr, tr_y, 42000, TRAIN), block(tr, tr_y, 50000, TEST)))
+    bold = np.random.default_rng(args.seed + 2)
+    variants["bold-shifted"] = tuple(
+        (bold_shifted(x, bold), y) for x, y in (block(tr, tr_y, 52000, TRAIN), block(tr, tr_y, 40000, TEST)))
+    unknown = sorted(set(only) - set(variants))
+    if unknown:
+        raise SystemExit(f"unknown variants {unknown}: choose from {sorted(variants)}")
     for name, ((x, y), (xt, yt)) in variants.items():
+        if only and name not in only:
+            continue
         write_split(out / name / "train", x, y)
         write_split(out / name / "test", xt, yt)
         print(f"{out / name}: {len(x)} train, {len(xt)} test images", file=sys.stderr)
