@@ -54,7 +54,11 @@ def fit_code_mixture(run: Run, components: int = 10, fit_images: int = 10_000, s
                           f"use an earlier checkpoint, or retrain")
     # reg_covar keeps every covariance invertible where some units carry no information
     # (inactive units have posterior means near 0 for every image)
-    return GaussianMixture(components, covariance_type="full", reg_covar=1e-4, random_state=seed).fit(codes)
+    try:
+        return GaussianMixture(components, covariance_type="full", reg_covar=1e-4, random_state=seed).fit(codes)
+    except ValueError as error:  # e.g. fewer distinct codes than components
+        raise VaelabError(f"could not fit {components} components to the codes of {run.path} ({error}); "
+                          f"use fewer components") from None
 
 
 def sample_fitted(run: Run, n: int, seed: int = 0, components: int = 10, fit_images: int = 10_000) -> torch.Tensor:
