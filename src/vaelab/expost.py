@@ -40,7 +40,7 @@ def fit_code_mixture(run: Run, components: int = 10, fit_images: int = 10_000, s
     from sklearn.mixture import GaussianMixture
 
     check_fit_settings(components, fit_images)
-    images, _ = run.images("train")
+    images, _ = run.images(run.config.data.train_split)
     rows = train_val_rows(run.config.data, len(images))[0]
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(rows, size=min(fit_images, len(rows)), replace=False))
