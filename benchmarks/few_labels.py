@@ -7,8 +7,9 @@ Trains M2 (the --preset's networks, mnist-m2 unless given, with --set overrides;
 mnist-m1m2, on the codes of the M1 run named by data.m1_run) on --limit MNIST training
 images of which --labels carry labels; then, in the same process, the same classifier
 network q(y|x) from the same initial weights on the labelled images alone (cross-entropy,
-Adam with the same learning rate, as many steps as M2 took, with the training transform's
-draws as data augmentation: dynamic binarization, or M1's posterior draws). Both are scored
+Adam with the same learning rate and weight decay, as many steps as M2 took, on the training
+transform's draws: with data.transform=scale (mnist-m2) the grey images themselves, with
+binarize-dynamic fresh binarizations, with mnist-m1m2 M1's posterior draws). Both are scored
 on the first --test-images test images, beside logistic regression on the labelled images'
 raw pixels (in [0, 1], scikit-learn's defaults). Test errors in %. Any dataset:
 --set data.name=folder:PATH (e.g. the grey variants of scripts/grey_variants.py).

@@ -44,8 +44,7 @@ def write_split(root: Path, images: np.ndarray, labels: np.ndarray) -> None:
         Image.fromarray(image, mode="L").save(folder / f"{i:05d}.png")
 
 
-def rotate(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    angles = rng.uniform(-45, 45, len(images))
+def rotate(images: np.ndarray, angles: np.ndarray) -> np.ndarray:
     return np.stack([np.asarray(Image.fromarray(im).rotate(a, resample=Image.BILINEAR)) for im, a in zip(images, angles)])
 
 
@@ -89,28 +88,42 @@ def main() -> None:
     def block(images, labels, start, n):
         return images[start:start + n], labels[start:start + n]
 
-    variants = {
-        "mnist-8k": (block(tr, tr_y, 0, TRAIN), block(te, te_y, 0, TEST)),
-        "inverted": tuple((255 - x, y) for x, y in (block(tr, tr_y, 8000, TRAIN), block(te, te_y, 2000, TEST))),
-        "rotated": tuple((rotate(x, rng), y) for x, y in (block(tr, tr_y, 16000, TRAIN), block(te, te_y, 4000, TEST))),
-    }
+    # each variant is built only when written; the draws are taken in the order they always were,
+    # so a set built alone (--only) is the one built with all the others
+    angles = rng.uniform(-45, 45, TRAIN), rng.uniform(-45, 45, TEST)
     low, high = np.flatnonzero(tr_y[24000:] < 5)[:TRAIN] + 24000, np.flatnonzero(te_y[6000:] >= 5)[:TEST] + 6000
-    variants["digits-0-4"] = ((tr[low], tr_y[low]), (te[high], te_y[high]))
-    images, labels = cifar_grey(Path(args.data_dir) / "cifar10" / "train", rng)
-    variants["cifar-grey"] = ((images[:TRAIN], labels[:TRAIN]), (images[TRAIN:], labels[TRAIN:]))
-    noise = np.random.default_rng(args.seed + 1)  # its own stream: the sets above stay as they were
-    variants["noisy-background"] = tuple(
-        (np.maximum(x, noise.integers(0, 256, x.shape, dtype=np.uint8)), y)
-        for x, y in (block(tr, tr_y, 42000, TRAIN), block(tr, tr_y, 50000, TEST)))
-    bold = np.random.default_rng(args.seed + 2)
-    variants["bold-shifted"] = tuple(
-        (bold_shifted(x, bold), y) for x, y in (block(tr, tr_y, 52000, TRAIN), block(tr, tr_y, 40000, TEST)))
+
+    def cifar():
+        images, labels = cifar_grey(Path(args.data_dir) / "cifar10" / "train", rng)
+        return (images[:TRAIN], labels[:TRAIN]), (images[TRAIN:], labels[TRAIN:])
+
+    def noisy():
+        noise = np.random.default_rng(args.seed + 1)  # its own stream: the sets above stay as they were
+        return tuple((np.maximum(x, noise.integers(0, 256, x.shape, dtype=np.uint8)), y)
+                     for x, y in (block(tr, tr_y, 42000, TRAIN), block(tr, tr_y, 50000, TEST)))
+
+    def bold():
+        shifts = np.random.default_rng(args.seed + 2)
+        return tuple((bold_shifted(x, shifts), y)
+                     for x, y in (block(tr, tr_y, 52000, TRAIN), block(tr, tr_y, 40000, TEST)))
+
+    variants = {
+        "mnist-8k": lambda: (block(tr, tr_y, 0, TRAIN), block(te, te_y, 0, TEST)),
+        "inverted": lambda: tuple((255 - x, y) for x, y in (block(tr, tr_y, 8000, TRAIN), block(te, te_y, 2000, TEST))),
+        "rotated": lambda: tuple((rotate(x, a), y) for (x, y), a in
+                                 zip((block(tr, tr_y, 16000, TRAIN), block(te, te_y, 4000, TEST)), angles)),
+        "digits-0-4": lambda: ((tr[low], tr_y[low]), (te[high], te_y[high])),
+        "cifar-grey": cifar,
+        "noisy-background": noisy,
+        "bold-shifted": bold,
+    }
     unknown = sorted(set(only) - set(variants))
     if unknown:
         raise SystemExit(f"unknown variants {unknown}: choose from {sorted(variants)}")
-    for name, ((x, y), (xt, yt)) in variants.items():
+    for name, build in variants.items():
         if only and name not in only:
             continue
+        (x, y), (xt, yt) = build()
         write_split(out / name / "train", x, y)
         write_split(out / name / "test", xt, yt)
         print(f"{out / name}: {len(x)} train, {len(xt)} test images", file=sys.stderr)

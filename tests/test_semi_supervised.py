@@ -291,14 +291,15 @@ def test_m1m2_needs_a_finished_unsupervised_run(m1_run, tmp_path):
 def classifier_alone_error(c, run, test_images: int = 2000) -> float:
     """Test error of M2's classifier network, from M2's initial weights (the same seed, the same
     build), trained with Adam at M2's rate on the labelled images alone for as many steps as M2
-    took, the training transform's draws (binarization, M1's posterior draws) as augmentation."""
+    took (the same weight decay), on the training transform's draws (the grey images, fresh
+    binarizations or M1's posterior draws), scored with dropout off as M2 is."""
     import torch.nn.functional as F
 
     data = prepare_data(c.data, seed=c.train.seed, transform=run.transform)
     torch.manual_seed(c.train.seed)
     alone = build_model(c.model, data.event_shape)
     optimizer = torch.optim.Adam(list(alone.classifier.parameters()) + list(alone.classifier_head.parameters()),
-                                 lr=c.train.lr)
+                                 lr=c.train.lr, weight_decay=c.train.weight_decay)
     x, labels = data.train[data.labelled], torch.as_tensor(data.train_labels[data.labelled])
     assert sorted(np.bincount(labels.numpy()).tolist()) == [len(x) // 10] * 10
     generator = torch.Generator().manual_seed(0)
@@ -308,6 +309,7 @@ def classifier_alone_error(c, run, test_images: int = 2000) -> float:
         loss.backward()
         optimizer.step()
     images, test_labels = run.images("test")
+    alone.eval()  # dropout off, as M2's evaluation has it
     with torch.no_grad():
         predicted = alone.classify(run.transform.fixed(images[:test_images])).argmax(-1)
     return float((predicted != torch.as_tensor(test_labels[:test_images])).float().mean())

@@ -8,12 +8,14 @@ import torch
 
 
 @torch.no_grad()
-def decode_images(model, transform, z: torch.Tensor) -> torch.Tensor:
-    """Decoder means at z, as float images in [0, 1] on the model's device; the model's mode is kept."""
+def decode_images(model, transform, z: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
+    """Decoder means at z (and, for a model with classes, the class of each code), as float
+    images in [0, 1] on the model's device; the model's mode is kept."""
     was_training = model.training
     model.eval()
     try:
         device = next(model.parameters()).device
-        return transform.to_images(model.likelihood.mean(model.decode(z.to(device)))).float()
+        params = model.decode(z.to(device)) if classes is None else model.decode(z.to(device), classes.to(device))
+        return transform.to_images(model.likelihood.mean(params)).float()
     finally:
         model.train(was_training)

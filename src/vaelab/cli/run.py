@@ -77,14 +77,17 @@ def cmd_sample(args) -> int:
     from ..rundir.load import load_run
 
     _check_grid_size(args.n)
+    if args.fit_images is not None and not args.fitted_prior:
+        raise VaelabError("--fit-images sets the images a fitted mixture is fitted on: give --fitted-prior K with it")
+    fit_images = 10_000 if args.fit_images is None else args.fit_images
     if args.fitted_prior:
         from ..expost import check_fit_settings, sample_fitted
 
-        check_fit_settings(args.fitted_prior, args.fit_images)
+        check_fit_settings(args.fitted_prior, fit_images)
     check_output(args.out, args.overwrite)
     run = load_run(args.run_dir, device=args.device or "cpu")
     if args.fitted_prior:
-        images = sample_fitted(run, args.n, seed=args.seed, components=args.fitted_prior, fit_images=args.fit_images)
+        images = sample_fitted(run, args.n, seed=args.seed, components=args.fitted_prior, fit_images=fit_images)
         note = (f" (z from a {args.fitted_prior}-component Gaussian mixture fitted to the posterior means of "
                 f"training images, not the model's prior)")
     else:
@@ -168,7 +171,7 @@ def register(subparsers) -> None:
     p.add_argument("--fitted-prior", type=int, default=0, metavar="K",
                    help="draw z from a K-component full-covariance Gaussian mixture fitted to the posterior means of "
                         "training images (ex-post density estimation), not from the model's prior; 0: the prior")
-    p.add_argument("--fit-images", type=int, default=10_000, metavar="N",
+    p.add_argument("--fit-images", type=int, default=None, metavar="N",
                    help="training images the mixture is fitted on (default 10,000, chosen with --seed)")
     add_seed(p)
     add_device(p)

@@ -94,13 +94,25 @@ class Run:
         return images
 
     @torch.no_grad()
-    def decode(self, z) -> torch.Tensor:
-        """Images (decoder means) for latent codes z of shape (N, latent_dim), float in [0, 1]."""
+    def decode(self, z, classes=None) -> torch.Tensor:
+        """Images (decoder means) for latent codes z of shape (N, latent_dim), float in [0, 1];
+        for a semi-supervised model, ``classes`` gives each code's class (default: the first)."""
         self.model.eval()
         z = torch.as_tensor(z, dtype=torch.float32)
         if z.dim() != 2 or z.shape[1] != self.model.latent_dim:
             raise VaelabError(f"z must have shape (N, {self.model.latent_dim}), got {tuple(z.shape)}")
-        return decode_images(self.model, self.transform, z).cpu()
+        if classes is not None:
+            n_classes = getattr(self.model, "n_classes", 0)
+            classes = torch.as_tensor(classes, dtype=torch.long)
+            if not n_classes:
+                raise VaelabError(f"{self.path} has no classes to decode with")
+            if classes.shape != (len(z),) or (len(z) and not 0 <= int(classes.min()) <= int(classes.max()) < n_classes):
+                raise VaelabError(f"classes must be one class from 0 to {n_classes - 1} for each of the {len(z)} codes")
+        images = decode_images(self.model, self.transform, z, classes).cpu()
+        if not bool(torch.isfinite(images).all()):
+            raise VaelabError(f"decoded images of {self.path} are not finite: its weights ({self.weights}) overflow "
+                              f"at these codes; use an earlier checkpoint, or retrain")
+        return images
 
     def _as_images(self, images) -> torch.Tensor:
         """uint8 (N, *image_shape) as a tensor: what load_dataset returns (numpy) or Run.images (torch)."""
