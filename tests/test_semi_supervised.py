@@ -15,7 +15,7 @@ from vaelab.config import Config
 from vaelab.errors import VaelabError
 from vaelab.evaluate import error_interval
 from vaelab.families import build_model
-from vaelab.prepared_data import prepare_data
+from vaelab.prepared_data import prepare_data, train_val_rows
 from vaelab.rundir.load import load_run
 
 TINY = ["data.name=mnist-sample", "data.limit=600", "data.labelled=30", "model.family=m2", "model.latent_dim=3",
@@ -268,9 +268,39 @@ def test_m1m2_trains_on_the_codes_and_reloads(m1_run, tmp_path):
     assert result["bits_per_dim"] is None
 
 
+def test_m1m2_on_the_active_units_only(tmp_path):
+    # an M1 with more latent units than a short run uses: M2 sees only the active ones
+    c = Config()
+    c.apply_overrides(["data.name=mnist-sample", "data.limit=600", "model.latent_dim=16", "model.hidden=[32]",
+                       "train.epochs=1", "train.threads=1", "train.device=cpu"])
+    m1_dir = vaelab.fit(c.validate(), tmp_path / "m1", progress=False)
+    m1 = load_run(m1_dir)
+    images, _ = m1.images("train")
+    rows = np.sort(train_val_rows(m1.config.data, len(images))[0])
+    means = m1.encode(images[torch.from_numpy(rows)])[0].double().numpy()
+    kept = np.flatnonzero(means.var(0, ddof=1) > 0.01)  # Burda et al.'s activity, by hand
+    assert 0 < len(kept) < 16
+    out = vaelab.fit(m1m2_config(m1_dir, "data.m1_units=active"), tmp_path / "m2", progress=False)
+    run = load_run(out)
+    assert run.model.event_shape == (len(kept),)
+    test_images, _ = run.images("test")
+    codes = run.transform.fixed(test_images[:20])
+    assert torch.equal(codes, m1.encode(test_images[:20])[0][:, torch.from_numpy(kept)])
+    draws = run.transform(test_images[:20], generator=torch.Generator().manual_seed(0))
+    assert draws.shape == codes.shape
+    # back to images: the dropped units at 0
+    full = torch.zeros(20, 16)
+    full[:, torch.from_numpy(kept)] = codes
+    assert torch.equal(run.transform.to_images(codes), m1.decode(full))
+    assert f"{len(kept)} active units of 16" in run.evaluate("test", iw_samples=2, limit=50)["data_space"]
+
+
 @pytest.mark.parametrize("extra, fragment", [
+    (["data.m1_units=some"], "data.m1_units must be one of"),
     (["model.likelihood=bernoulli", "model.variance=fixed"], "model.likelihood=gaussian"),
     (["data.transform=binarize-dynamic", "model.likelihood=bernoulli", "model.variance=fixed"], "needs data.transform=m1"),
+    (["data.transform=binarize-dynamic", "data.m1_run=null", "data.m1_units=active", "model.likelihood=bernoulli",
+      "model.variance=fixed"], "data.m1_units chooses"),
 ])
 def test_m1m2_settings_are_checked(m1_run, extra, fragment):
     with pytest.raises(VaelabError, match=fragment):

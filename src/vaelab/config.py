@@ -64,6 +64,7 @@ class DataConfig:
     pca_whiten: bool = False
     labelled: int = 0  # semi-supervised families: a seeded, class-balanced subset of N labelled training images
     m1_run: str | None = None  # data.transform=m1: the run directory whose posterior codes are the data (M1+M2)
+    m1_units: str = "all"  # data.transform=m1: all of M1's latent units, or only its active ones ("active")
 
 
 @dataclass
@@ -203,6 +204,7 @@ class Config:
         _all_finite(self)
         _choice("data.transform", data.transform, TRANSFORMS)
         _choice("data.store", data.store, STORES)
+        _choice("data.m1_units", data.m1_units, ("all", "active"))
         if not (isinstance(data.train_split, str) and data.train_split.strip()):
             raise VaelabError(f"data.train_split must name a split such as train or extra, got {data.train_split!r}")
         if data.store == "memmap" and data.transform == "binarize-static":
@@ -247,6 +249,8 @@ class Config:
                               f"model.decoder=mlp")
         if data.m1_run and data.transform != "m1":  # (a preset leaves data.m1_run to the user: training asks for it)
             raise VaelabError("data.m1_run names the VAE (M1) whose codes are the data: it needs data.transform=m1")
+        if data.m1_units != "all" and data.transform != "m1":
+            raise VaelabError("data.m1_units chooses which of M1's latent units M2 sees: it needs data.transform=m1")
         if data.transform == "m1" and (model.likelihood != "gaussian" or data.store != "memory"):
             raise VaelabError("data.transform=m1 gives real-valued codes held in memory: use model.likelihood=gaussian "
                               "and data.store=memory")

@@ -12,7 +12,7 @@ from .. import rundir
 from ..config import Config
 from ..devices import resolve_device
 from ..errors import VaelabError
-from ..evaluate import evaluate_model
+from ..evaluate import active_dims, evaluate_model
 from ..images import decode_images
 from ..families import build_model
 from ..prepared_data import eval_images
@@ -269,14 +269,15 @@ def load_run(path: str | Path, device: str = "cpu", which: str = "final", data_d
     if transform is not None:
         transform = transform.to(device)
     elif config.data.transform == "m1":
-        transform = m1_codes(config.data.m1_run, device)
+        transform = m1_codes(config.data.m1_run, device, config.data.m1_units)
     else:
         transform = make_transform(config.data.transform)
     return Run(path, config, description, model, transform, weights)
 
 
-def m1_codes(path, device: str = "cpu"):
-    """The transform into the posterior codes of the run at ``path`` (M1 of M1+M2)."""
+def m1_codes(path, device: str = "cpu", units: str = "all"):
+    """The transform into the posterior codes of the run at ``path`` (M1 of M1+M2): all its
+    latent units, or (``units="active"``) those active on its own training images."""
     from ..codes import M1Codes
 
     path = Path(path) if path else None
@@ -286,4 +287,16 @@ def m1_codes(path, device: str = "cpu"):
     run = load_run(path, device=device)
     if getattr(run.model, "uses_labels", False):
         raise VaelabError(f"data.m1_run={path} is itself semi-supervised: give an unsupervised VAE run (M1)")
-    return M1Codes(run)
+    if units == "all":
+        return M1Codes(run)
+    from ..prepared_data import train_val_rows
+
+    # M1's own training images (its held-out ones excluded), through its posterior means:
+    # no random draws, so every load of the M2 run finds the same units
+    images, _ = run.images(run.config.data.train_split)
+    rows = torch.from_numpy(train_val_rows(run.config.data, len(images))[0])
+    kept = torch.nonzero(active_dims(run.encode(images[rows])[0])).flatten()
+    if len(kept) == 0:
+        raise VaelabError(f"data.m1_run={path} has no active latent units (its codes collapsed): retrain M1, or use "
+                          f"data.m1_units=all")
+    return M1Codes(run, kept)

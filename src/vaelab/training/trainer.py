@@ -108,7 +108,7 @@ class Trainer:
             torch.set_flush_denormal(True)
         torch.manual_seed(training.seed)
         if transform is None and cfg.data.transform == "m1":  # M1+M2: the codes of a finished run
-            transform = m1_codes(cfg.data.m1_run, str(self.device))
+            transform = m1_codes(cfg.data.m1_run, str(self.device), cfg.data.m1_units)
         self.data: PreparedData = prepare_data(cfg.data, seed=training.seed, transform=transform)
         if cfg.data.transform == "m1":
             check_codes_shape(self.data.transform, self.data.image_shape)
