@@ -32,10 +32,12 @@ class M1Codes(Transform):
             p.requires_grad_(False)
 
     def _kept(self, z: torch.Tensor) -> torch.Tensor:
-        return z if self.units is None else z[:, self.units.to(z.device)]
+        return z if self.units is None else z[:, self.units]
 
     def to(self, device) -> "M1Codes":
         self.run.model.to(device)
+        if self.units is not None:
+            self.units = self.units.to(device)
         self.run.transform = self.run.transform.to(device) if hasattr(self.run.transform, "to") else self.run.transform
         return self
 
@@ -61,7 +63,7 @@ class M1Codes(Transform):
         z = x.float()
         if self.units is not None:
             z = x.new_zeros((len(x), model.latent_dim), dtype=torch.float32)
-            z[:, self.units.to(x.device)] = x.float()
+            z[:, self.units] = x.float()
         return self.run.transform.to_images(model.likelihood.mean(model.decode(z)))
 
     def describe(self) -> str:

@@ -17,7 +17,6 @@ import numpy as np
 import torch
 
 from .errors import VaelabError
-from .prepared_data import train_val_rows
 from .rundir.load import Run
 
 #: ceilings on what a user can mean: a mixture with more components than this, or a fit on
@@ -40,8 +39,7 @@ def fit_code_mixture(run: Run, components: int = 10, fit_images: int = 10_000, s
     from sklearn.mixture import GaussianMixture
 
     check_fit_settings(components, fit_images)
-    images, _ = run.images(run.config.data.train_split)
-    rows = train_val_rows(run.config.data, len(images))[0]
+    images, rows = run.training_rows()
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(rows, size=min(fit_images, len(rows)), replace=False))
     if len(chosen) < 2 * components:

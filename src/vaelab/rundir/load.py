@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .. import rundir
@@ -15,7 +16,7 @@ from ..errors import VaelabError
 from ..evaluate import active_dims, evaluate_model
 from ..images import decode_images
 from ..families import build_model
-from ..prepared_data import eval_images
+from ..prepared_data import eval_images, train_val_rows
 from . import validate
 from .checkpoint import check_model_state, check_run_id, load_tensors, model_state, saved_transform
 from ..transforms import make_transform
@@ -52,6 +53,12 @@ class Run:
         if split not in self._images:
             self._images[split] = eval_images(self.config.data, split, self.transform)
         return self._images[split]
+
+    def training_rows(self) -> tuple[torch.Tensor, np.ndarray]:
+        """The uint8 images of the split the run trained on (data.train_split), and the rows of
+        it that it trained on: its held-out validation rows excluded, in the run's own order."""
+        images, _ = self.images(self.config.data.train_split)
+        return images, train_val_rows(self.config.data, len(images))[0]
 
     def evaluate(self, split: str = "test", iw_samples: int = 100, limit: int = 0,
                  batch_size: int = 500, seed: int = 0, progress: bool = False, dataset: str | None = None,
@@ -289,14 +296,11 @@ def m1_codes(path, device: str = "cpu", units: str = "all"):
         raise VaelabError(f"data.m1_run={path} is itself semi-supervised: give an unsupervised VAE run (M1)")
     if units == "all":
         return M1Codes(run)
-    from ..prepared_data import train_val_rows
-
-    # M1's own training images (its held-out ones excluded), through its posterior means:
-    # no random draws, so every load of the M2 run finds the same units
-    images, _ = run.images(run.config.data.train_split)
-    rows = torch.from_numpy(train_val_rows(run.config.data, len(images))[0])
-    kept = torch.nonzero(active_dims(run.encode(images[rows])[0])).flatten()
+    # M1's own training images, through its posterior means: no random draws, so every load
+    # of the M2 run finds the same units
+    images, rows = run.training_rows()
+    kept = torch.nonzero(active_dims(run.encode(images[torch.from_numpy(rows)])[0])).flatten()
     if len(kept) == 0:
         raise VaelabError(f"data.m1_run={path} has no active latent units (its codes collapsed): retrain M1, or use "
                           f"data.m1_units=all")
-    return M1Codes(run, kept)
+    return M1Codes(run, kept.to(device))
