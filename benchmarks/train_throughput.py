@@ -43,6 +43,8 @@ from vaelab.presets import load_preset  # noqa: E402
 #: model name -> (preset, --set overrides); "mlp-512" is the 784-512-512-32 ReLU anchor model (the minimal loop and pythae)
 MODELS = {
     "mnist-mlp": ("mnist-mlp", []),
+    # the same network and step, its loss through torch.compile (train.compile)
+    "mnist-mlp-compiled": ("mnist-mlp", ["train.compile=true"]),
     "mlp-512": ("mnist-mlp", ["model.hidden=512,512", "model.latent_dim=32", "model.activation=relu"]),
     # the same network trained by preset mnist-fast: bf16 autocast (the references stay fp32)
     "mnist-fast": ("mnist-fast", []),

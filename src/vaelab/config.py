@@ -137,7 +137,7 @@ class TrainConfig:
     nan_policy: str = "raise"
     nan_check_every: int = 0  # steps between NaN-guard checks (0: every step on CPU, 50 on CUDA: no per-step sync)
     autocast: str = "off"  # bf16: networks run in bfloat16 autocast (weights, optimizer and losses stay fp32)
-    compile: bool = False  # torch.compile the encoder and decoder
+    compile: bool = False  # torch.compile the training loss (networks, likelihood, KL) and the binarization
     channels_last: str = "auto"  # conv networks in channels_last layout (auto: on for conv models)
     log_latent_stats: bool = True  # per-epoch spread of posterior means / stds on a fixed batch
     sample_every: int = 0  # epochs between fixed-noise sample grids in RUN_DIR/progress/ (0: off)

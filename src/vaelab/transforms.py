@@ -51,6 +51,10 @@ class Transform:
     def state(self) -> dict[str, torch.Tensor]:
         return {}
 
+    def compile(self) -> None:
+        """torch.compile what a training batch's conversion can fuse (train.compile); here nothing:
+        u / 255 is one pass already."""
+
 
 #: bits of randomness per pixel in :func:`bernoulli_u8`; three fields fill the 63 random
 #: bits of one int64 draw
@@ -58,7 +62,7 @@ _FIELD_BITS = 21
 _FIELD_MASK = (1 << _FIELD_BITS) - 1
 
 
-def bernoulli_u8(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def bernoulli_u8(images: torch.Tensor, generator: torch.Generator | None = None, below=None) -> torch.Tensor:
     """x ~ Bernoulli(u / 255) for uint8 ``images`` u, as float32 0/1.
 
     torch.bernoulli draws one 32-bit Mersenne-Twister number per pixel, one at a time:
@@ -66,24 +70,33 @@ def bernoulli_u8(images: torch.Tensor, generator: torch.Generator | None = None)
     (benchmarks/step_profile.py). Here each int64 draw (63 random bits) gives three 21-bit
     uniforms f, and x = [floor(f * 255 / 2^21) < u] = [f * 255 < u * 2^21], so
     P(x = 1) = ceil(u * 2^21 / 255) / 2^21: within 5e-7 of u / 255 for every u, and exact
-    for u = 0 and 255.
+    for u = 0 and 255. ``below`` replaces :func:`pixels_below` (its torch.compile'd self).
     """
-    n = images.numel()
-    m = (n + 2) // 3
+    m = (images.numel() + 2) // 3
     words = torch.empty(m, dtype=torch.int64, device=images.device).random_(generator=generator)
+    return (below or pixels_below)(words, images)
+
+
+def pixels_below(words: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """The integer half of :func:`bernoulli_u8`: x = [f * 255 < u * 2^21] for the 21-bit
+    fields f of the int64 ``words``, as float32 in the images' shape. No view of an input is
+    written, so torch.compile fuses it into one pass (no graph break)."""
     # the fields are cut from the words' 32-bit halves (little-endian: low, high) with int32
     # arithmetic: x86's AVX2 has no int64 shifts or products, so int64 ops run one element at
     # a time and took half the binarization's time (BENCHMARKS.md, section 1)
-    halves = words.view(torch.int32).view(m, 2)
+    halves = words.view(torch.int32).view(-1, 2)
     low, high = halves[:, 0], halves[:, 1]
-    fields = torch.empty((m, 3), dtype=torch.int32, device=images.device)
-    torch.bitwise_and(low, _FIELD_MASK, out=fields[:, 0])  # bits 0-20
-    low_rest = (low >> _FIELD_BITS) & ((1 << (32 - _FIELD_BITS)) - 1)  # bits 21-31 (a logical shift)
-    torch.bitwise_or(low_rest, (high & ((1 << (2 * _FIELD_BITS - 32)) - 1)) << (32 - _FIELD_BITS),
-                     out=fields[:, 1])  # bits 21-41
-    torch.bitwise_right_shift(high, 2 * _FIELD_BITS - 32, out=fields[:, 2])  # bits 42-62
-    below = fields.view(-1)[:n].mul_(255) < images.reshape(-1).to(torch.int32).bitwise_left_shift_(_FIELD_BITS)
-    return below.view(images.shape).to(torch.float32)
+    fields = torch.stack([
+        low & _FIELD_MASK,  # bits 0-20
+        # bits 21-41: the low half's top 11 (a logical shift) under the high half's bottom 10
+        ((low >> _FIELD_BITS) & ((1 << (32 - _FIELD_BITS)) - 1))
+        | ((high & ((1 << (2 * _FIELD_BITS - 32)) - 1)) << (32 - _FIELD_BITS)),
+        high >> (2 * _FIELD_BITS - 32),  # bits 42-62
+    ], 1).view(-1)[:images.numel()]
+    x = torch.empty(images.shape, dtype=torch.float32, device=images.device)
+    # comparing straight into float32 skips a bool tensor and its conversion (0.5 ms of 3.3 a 1024 batch)
+    torch.lt(fields.mul_(255), images.reshape(-1).to(torch.int32).bitwise_left_shift_(_FIELD_BITS), out=x.view(-1))
+    return x
 
 
 def _int64(constant: int) -> int:
@@ -130,8 +143,17 @@ class DynamicBinarize(Transform):
     name = "binarize-dynamic"
     pixel_log_jacobian = None  # binary data: nats per image, no bits/dim of 8-bit pixels
 
+    def __init__(self, dequantize: bool = False):
+        super().__init__(dequantize)
+        self._below = None  # pixels_below, or its compiled self (compile())
+
     def __call__(self, images, generator=None):
-        return bernoulli_u8(images, generator)
+        return bernoulli_u8(images, generator, self._below)
+
+    def compile(self) -> None:
+        # the draw stays eager (the generator's stream); the integer work after it fuses into
+        # one pass, the same bits: 1.8 against 3.3 ms a 1024 x 784 batch (BENCHMARKS.md)
+        self._below = torch.compile(pixels_below, dynamic=False)
 
     def fixed(self, images):
         # a draw keyed on each image, independent of training, batch and seed: every

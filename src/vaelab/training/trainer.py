@@ -30,7 +30,7 @@ from ..devices import resolve_device
 from ..errors import VaelabError
 from ..evaluate import ElboPass
 from ..families import build_model
-from ..objective import training_loss
+from ..objective import noise_shape, training_loss
 from ..prepared_data import PreparedData, prepare_data
 from ..rundir import checkpoint as ckpt
 from ..rundir import validate
@@ -58,6 +58,23 @@ def make_optimizer(model: torch.nn.Module, training, device: torch.device) -> to
     # steps and memory sweeps than the default foreach path, same arithmetic.
     return torch.optim.Adam(model.parameters(), lr=training.lr, betas=tuple(training.betas),
                             weight_decay=training.weight_decay, fused=device.type in ("cpu", "cuda"))
+
+
+def compiled_loss():
+    """training_loss through torch.compile: networks, likelihood and KL in one graph, so the
+    elementwise work (activations, the loss, their backward) fuses into a few passes. The
+    noise is drawn outside, from the same generator and in the same order as model.loss
+    would, so a compiled run follows the eager one (inductor would draw its own). The KL
+    weight goes in as a tensor: a float is baked into the graph and would recompile it at
+    every step of an annealing schedule. One graph per batch shape (the full batch and the
+    epoch's last), no dynamic shapes."""
+    compiled = torch.compile(training_loss, dynamic=False)
+
+    def loss(model, x, beta, train, **kwargs):
+        noise = torch.randn(noise_shape(model, train, x.shape[0]), device=x.device)
+        beta = torch.tensor(beta, dtype=torch.float32, device=x.device)
+        return compiled(model, x, beta, train, noise=noise, **kwargs)
+    return loss
 
 
 class Trainer:
@@ -123,9 +140,14 @@ class Trainer:
             training.channels_last == "auto" and bool({"conv", "resnet"} & {cfg.model.encoder, cfg.model.decoder}))
         if self.channels_last:  # NHWC: the layout oneDNN and cuDNN convolutions prefer
             self.model.to(memory_format=torch.channels_last)
-        if training.compile:  # in place, so state_dict keys (checkpoints) stay as they are
-            for part in self.model.children():  # the networks (and a prior's, a flow's)
-                part.compile()
+        self._loss = training_loss
+        if training.compile:
+            self.data.transform.compile()
+            if self.dist:  # DDP calls the model itself: its networks compile in place (same state_dict keys)
+                for part in self.model.children():
+                    part.compile()
+            else:
+                self._loss = compiled_loss()
         self.parallel = distributed.DataParallel(self.model, self.dist, self.device) if self.dist else None
         self.optimizer = make_optimizer(self.model, training, self.device)
         # every step on CPU; on CUDA every 50, unless the optimizer cannot skip a step itself
@@ -463,7 +485,7 @@ class Trainer:
                 if self.parallel is not None:  # this rank's shard of the global batch, through DDP
                     x, out, objective = self.parallel.loss(x, beta, training, labels=labels, weights=weights)
                 else:
-                    out = training_loss(self.model, x, beta, training, labels=labels, weights=weights)
+                    out = self._loss(self.model, x, beta, training, labels=labels, weights=weights)
                     objective = out.loss
             opt.zero_grad(set_to_none=True)
             if not guard.loss_ok(out, x, beta, self.parallel is not None):
