@@ -3,7 +3,8 @@
     python scripts/grey_variants.py --data-dir ../shared/data --out GREY
 
 Each variant is an image folder (PNG, one subfolder per class, ``train/`` and ``test/``), the
-form `data.name=folder:GREY/NAME` reads; the images of different variants are disjoint:
+form `data.name=folder:GREY/NAME` reads; the images of different variants are disjoint, except the two built
+later over the digits of ``mnist-8k``:
 
 - ``mnist-8k``: MNIST training images 0-7,999, test images 0-1,999 (the one tuned on)
 - ``inverted``: training images 8,000-15,999 and test images 2,000-3,999, 255 - pixel
@@ -17,6 +18,11 @@ form `data.name=folder:GREY/NAME` reads; the images of different variants are di
 - ``bold-shifted``: MNIST training images 52,000-59,999, and 40,000-41,999 as the test split,
   strokes thickened (a 3x3 maximum filter) and each image moved by its own offset of up to 3
   pixels each way (seeded): another hand, off centre
+- ``back-image``: the digits of ``mnist-8k`` over natural-image backgrounds, each pixel the
+  larger of the digit's and a random 28x28 crop of a grey CIFAR-10 training image (seeded),
+  as in Larochelle et al. 2007's mnist-back-image (built later, for the annealing rule)
+- ``gaussian-noise``: the digits of ``mnist-8k`` plus independent Gaussian noise of standard
+  deviation 64 grey levels a pixel, clipped to 0-255 (seeded; built later, for the annealing rule)
 - ``cifar-grey``: CIFAR-10 training JPEGs (``cifar10/train`` under the data dir) as 28x28
   grey (Pillow's "L" conversion, then a bicubic resize): 8,000 to train on, 2,000 other
   images as the test split (natural images, not digits: for the unsupervised findings)
@@ -65,6 +71,16 @@ def cifar_grey(folder: Path, rng: np.random.Generator) -> tuple[np.ndarray, np.n
     return images, labels
 
 
+def back_image(images: np.ndarray, folder: Path, rng: np.random.Generator) -> np.ndarray:
+    files = sorted(folder.glob("*/*.jpg"))
+    if not files:
+        raise SystemExit(f"no CIFAR-10 JPEGs under {folder}")
+    picks, corners = rng.choice(len(files), len(images), replace=False), rng.integers(0, 5, (len(images), 2))
+    backgrounds = np.stack([np.asarray(Image.open(files[i]).convert("L"))[r:r + 28, c:c + 28]
+                            for i, (r, c) in zip(picks, corners)])
+    return np.maximum(images, backgrounds)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", required=True, help="holds mnist/ (the IDX .gz files) and cifar10/train/")
@@ -107,6 +123,16 @@ def main() -> None:
         return tuple((bold_shifted(x, shifts), y)
                      for x, y in (block(tr, tr_y, 52000, TRAIN), block(tr, tr_y, 40000, TEST)))
 
+    def backgrounds():
+        stream = np.random.default_rng(args.seed + 3)
+        return tuple((back_image(x, Path(args.data_dir) / "cifar10" / "train", stream), y)
+                     for x, y in (block(tr, tr_y, 0, TRAIN), block(te, te_y, 0, TEST)))
+
+    def gaussian():
+        noise = np.random.default_rng(args.seed + 4)
+        return tuple((np.clip(x + noise.normal(0, 64, x.shape), 0, 255).round().astype(np.uint8), y)
+                     for x, y in (block(tr, tr_y, 0, TRAIN), block(te, te_y, 0, TEST)))
+
     variants = {
         "mnist-8k": lambda: (block(tr, tr_y, 0, TRAIN), block(te, te_y, 0, TEST)),
         "inverted": lambda: tuple((255 - x, y) for x, y in (block(tr, tr_y, 8000, TRAIN), block(te, te_y, 2000, TEST))),
@@ -116,6 +142,8 @@ def main() -> None:
         "cifar-grey": cifar,
         "noisy-background": noisy,
         "bold-shifted": bold,
+        "back-image": backgrounds,
+        "gaussian-noise": gaussian,
     }
     unknown = sorted(set(only) - set(variants))
     if unknown:

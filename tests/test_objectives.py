@@ -105,6 +105,53 @@ def test_ae_then_anneal_state_survives_a_checkpoint_round_trip():
     assert old.beta_at(5) == pytest.approx(0.4)
 
 
+def test_ae_then_anneal_caps_the_weight_where_the_autoencoders_gain_is_worth_code_nats():
+    # the rise starts after epoch 3 (0.020 -> 0.0199: under 1 % better); the autoencoder explains
+    # 0.05 - 0.0199 = 0.0301 of squared error a pixel, 784 / (2 * 392) = 1 nat each: 0.0301 nats,
+    # worth 50 nats at a weight of 0.000602, under train.beta = 0.001
+    def cap(mean_image, beta=0.001, code_nats=50.0):
+        s = KLSchedule(TrainConfig(kl_schedule="ae-then-anneal", anneal_step=0.002, beta=beta,
+                                   anneal_code_nats=code_nats))
+        for epoch, recon in enumerate((0.03, 0.020, 0.0199), start=1):
+            assert s.cap == beta  # set once, when the rise starts
+            s.end_epoch(recon, epoch, mean_image, 784 / (2 * 392.0))
+        assert s.start == 3
+        return s.cap, s.beta_at(10)
+
+    assert cap(0.05) == pytest.approx((0.0301 / 50, 0.0301 / 50))
+    assert cap(0.1) == pytest.approx((0.001, 0.001))  # a gain worth more than 50 nats at beta: beta
+    assert cap(0.05, code_nats=0) == pytest.approx((0.001, 0.001))  # off: beta, as before
+    assert cap(0.0199) == pytest.approx((0.001, 0.001))  # nothing explained: no rule to apply
+    assert cap(float("nan")) == pytest.approx((0.001, 0.001))
+    s = KLSchedule(TrainConfig(kl_schedule="ae-then-anneal", beta=0.001, anneal_code_nats=50.0))
+    s.cap = 0.0002
+    restored = KLSchedule(TrainConfig(kl_schedule="ae-then-anneal", beta=0.001, anneal_code_nats=50.0))
+    restored.load_state(json.loads(json.dumps(s.state())), epoch=4)
+    assert restored.cap == 0.0002
+
+
+def test_trainer_sets_the_cap_from_the_validation_gain(tmp_path):
+    rows = run(tmp_path, "data.transform=scale", "model.likelihood=gaussian", "model.sigma=0.5",
+               "model.sigmoid_mean=true", "train.batch_size=10", "train.lr=0.01", "train.kl_schedule=ae-then-anneal", "train.anneal_step=1", "train.anneal_start_rel=1",
+               "train.beta=1", "train.anneal_code_nats=3", "train.epochs=4")
+    # the rise starts after epoch 2, its cap from epoch 2's validation images (28 x 28 pixels)
+    gain = (rows[1]["val_mean_image_mse"] - rows[1]["val_recon_mse"]) * 784 / (2 * 0.5 ** 2)
+    assert rows[0]["beta_cap"] == rows[1]["beta_cap"] == 1.0 and gain > 0
+    assert rows[2]["beta_cap"] == pytest.approx(min(1.0, gain / 3), rel=1e-9)
+    assert rows[3]["beta"] == pytest.approx(rows[3]["beta_cap"])
+
+
+def test_anneal_code_nats_needs_a_fixed_variance_gaussian_on_the_images():
+    from vaelab.errors import VaelabError
+
+    with pytest.raises(VaelabError, match="model.likelihood=gaussian, model.variance=fixed"):
+        tiny_config("train.kl_schedule=ae-then-anneal", "train.anneal_code_nats=40")  # Bernoulli
+    with pytest.raises(VaelabError, match="anneal_code_nats"):
+        tiny_config("train.anneal_code_nats=-1")
+    tiny_config("data.transform=scale", "model.likelihood=gaussian", "train.kl_schedule=ae-then-anneal",
+                "train.anneal_code_nats=40")
+
+
 def test_trainer_applies_ae_then_anneal(tmp_path):
     # a criterion no epoch can miss: epoch 1 sets the best, epoch 2 is good enough, then the weight rises
     rows = run(tmp_path, "train.kl_schedule=ae-then-anneal", "train.anneal_step=0.25", "train.anneal_start_rel=1",

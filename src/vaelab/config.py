@@ -120,6 +120,9 @@ class TrainConfig:
     cycle_epochs: int = 20  # cyclical: the length of one cycle
     anneal_step: float = 0.05  # ae-then-anneal: the weight's rise per epoch (spread over its steps), capped at beta
     anneal_start_rel: float = 0.01  # ae-then-anneal: start once an epoch improves the reconstruction by less than this fraction
+    # ae-then-anneal, > 0: when the rise starts, lower its cap from beta to the weight at which what the
+    # autoencoder explains (its gain over the mean image, in nats) is worth this many nats (Gaussian, fixed variance)
+    anneal_code_nats: float = 0.0
     free_bits: float = 0.0  # nats per latent dimension (0: off)
     labelled_batch: int = 100  # semi-supervised: labelled images added to every batch
     class_weight: float = 0.1  # semi-supervised: alpha / N of the classification term (Kingma: alpha = 0.1 N)
@@ -275,6 +278,7 @@ class Config:
         _at_least("train.cycle_epochs", train.cycle_epochs, 1)
         _at_least("train.anneal_step", train.anneal_step, 0.0)
         _range("train.anneal_start_rel", train.anneal_start_rel, 0.0, 1.0)
+        _at_least("train.anneal_code_nats", train.anneal_code_nats, 0.0)
         _at_least("train.free_bits", train.free_bits, 0.0)
         _at_most("train.free_bits", train.free_bits, MAX_FREE_BITS)
         _at_least("train.grad_clip", train.grad_clip, 0.0)
@@ -292,6 +296,11 @@ class Config:
                               "train.kl_schedule=constant and train.free_bits=0")
         if train.objective == "iwae" and model.variance_l2 > 0:
             raise VaelabError("model.variance_l2 applies to the ELBO objective only: set it to 0 with train.objective=iwae")
+        if train.anneal_code_nats > 0 and (train.kl_schedule != "ae-then-anneal" or model.likelihood != "gaussian"
+                                           or model.variance != "fixed" or data.transform != "scale"):
+            raise VaelabError("train.anneal_code_nats sets the cap of train.kl_schedule=ae-then-anneal from the "
+                              "squared error of a Gaussian decoder with fixed variance on the images: it needs "
+                              "model.likelihood=gaussian, model.variance=fixed and data.transform=scale (or set it to 0)")
         if data.val_fraction == 0 and train.kl_schedule == "ae-then-anneal":
             raise VaelabError("train.kl_schedule=ae-then-anneal starts on the validation reconstruction error, but "
                               "data.val_fraction=0 holds out no images: raise it (e.g. 0.1)")

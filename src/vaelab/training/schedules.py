@@ -21,9 +21,11 @@ class KLSchedule:
         self.cycle = t.cycle_epochs
         self.step = t.anneal_step
         self.start_rel = t.anneal_start_rel
-        # ae-then-anneal state: the epoch the rise began (None: still an autoencoder)
+        self.code_nats = t.anneal_code_nats
+        # ae-then-anneal state: the epoch the rise began (None: still an autoencoder), and its cap
         self.start: float | None = None
         self.best_recon = math.inf
+        self.cap = self.target
 
     def beta_at(self, t: float) -> float:
         if self.kind == "constant":
@@ -35,26 +37,37 @@ class KLSchedule:
         if self.start is None:  # ae-then-anneal, still in the autoencoder phase
             return 0.0
         # a rise of `step` per epoch, applied a fraction at every training step
-        return min(self.target, self.step * max(0.0, t - self.start))
+        return min(self.cap, self.step * max(0.0, t - self.start))
 
-    def end_epoch(self, recon_error: float, epoch: int) -> None:
+    def end_epoch(self, recon_error: float, epoch: int, mean_image_error: float = math.nan,
+                  nats_per_error: float = math.nan) -> None:
         """The write-up's rule ("Variational Autoencoder" project page, KL annealing): train
         as an autoencoder until the reconstruction is good, then raise the weight step by
         step. "Good" is stated as: the epoch's reconstruction error (the trainer passes the
         validation images' mean squared error in image space) improved on the best so far by
-        less than ``anneal_start_rel`` of it. ``epoch`` counts completed epochs."""
+        less than ``anneal_start_rel`` of it. ``epoch`` counts completed epochs.
+
+        With ``anneal_code_nats`` the cap is set when the rise starts: a code can gain at most
+        what the autoencoder explains, (mean image's error - its error) x ``nats_per_error``
+        nats per image, worth that / weight at a KL weight; the cap is the weight at which it
+        is worth ``anneal_code_nats`` (never above ``beta``). Over noise no code can explain,
+        a fixed cap tuned on clean digits makes the code worth a nat or two (docs/findings.md)."""
         if self.kind != "ae-then-anneal" or self.start is not None or not math.isfinite(recon_error):
             return
         best = self.best_recon
         if math.isfinite(best) and best - recon_error <= self.start_rel * abs(best):
             self.start = float(epoch)
+            gain = (mean_image_error - recon_error) * nats_per_error
+            if self.code_nats > 0 and math.isfinite(gain) and gain > 0:
+                self.cap = min(self.target, gain / self.code_nats)
         self.best_recon = min(best, recon_error)
 
     def state(self) -> dict:
-        return {"start": self.start, "best_recon": self.best_recon}
+        return {"start": self.start, "best_recon": self.best_recon, "cap": self.cap}
 
     def load_state(self, state: dict, epoch: int) -> None:
         self.best_recon = state["best_recon"]
+        self.cap = state.get("cap", self.target)  # older checkpoints: the cap was beta
         if "start" in state:
             self.start = state["start"]
         elif state.get("annealing"):  # older checkpoints: the weight stepped once an epoch

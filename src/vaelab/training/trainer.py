@@ -422,7 +422,8 @@ class Trainer:
             self.epoch += 1
             # the annealing trigger reads reconstruction quality in image space, free of a likelihood's
             # constant (ae-then-anneal needs validation images: Config.validate)
-            self.kl_schedule.end_epoch(row.get("val_recon_mse", math.nan), self.epoch)
+            self.kl_schedule.end_epoch(row.get("val_recon_mse", math.nan), self.epoch,
+                                       row.get("val_mean_image_mse", math.nan), self._nats_per_squared_error())
             monitored = -row["val_elbo"] if training.early_stopping != "train" else row["train_loss"]
             if self.scheduler is not None:
                 if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -573,10 +574,19 @@ class Trainer:
         # images_per_s times only this process's part of a resumed epoch
         resumed = partial["seen"] if partial is not None and self.is_main else 0
         return {"train_loss": loss, "train_recon": recon, "train_kl": kl,
-                "beta": self.kl_schedule.beta_at(self.epoch + 1 - 1e-9),
+                "beta": self.kl_schedule.beta_at(self.epoch + 1 - 1e-9), "beta_cap": self.kl_schedule.cap,
                 "lr": self.optimizer.param_groups[0]["lr"], "grad_norm_max": grad_norm_max,
                 "skipped_steps": self.skipped_steps, "nan_events": self.nan_events,
                 "_images": seen - resumed}
+
+    def _nats_per_squared_error(self) -> float:
+        """A fixed-variance Gaussian decoder's nats per image for a mean squared error of 1 per
+        pixel, D / (2 sigma^2) (image space is model space under data.transform=scale); NaN
+        for other likelihoods."""
+        model = self.config.model
+        if model.likelihood != "gaussian" or model.variance != "fixed":
+            return math.nan
+        return math.prod(self.data.event_shape) / (2 * model.sigma ** 2)
 
     # -- validation ------------------------------------------------------------------------
     @torch.no_grad()
