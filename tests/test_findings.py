@@ -560,3 +560,21 @@ def test_the_report_calls_a_bernoulli_on_grey_levels_a_cross_entropy(tmp_path):
     assert any(label.startswith("cross-entropy, importance-weighted") for label in labels)
     assert not any(label.startswith("-log p(x)") for label in labels)
     assert ["nats measured over", "grey levels under a Bernoulli cross-entropy (not a normalized likelihood)", ""] in rows
+
+
+def test_annealing_keeps_a_code_over_uniform_noise(noisy_background, tmp_path, one_torch_thread):
+    """The annealing finding's arm on data where a fixed cap of 0.001 kept only 1.2 nats
+    (docs/findings.md): the cap rule lowers the cap to what the autoencoder explains there, and
+    the code survives with the finding's margins. Measured (seed 0): cap 0.000112, KL 18.5
+    nats, 32 active units; with the fixed cap, KL 1.17."""
+    from vaelab.training.trainer import train
+
+    config = load_preset("mnist-conv-mse-annealed")
+    config.apply_overrides([f"data.name={noisy_background}", "data.limit=4000", "train.epochs=10",
+                            "train.anneal_start_rel=0.1", "train.threads=1", "train.log_latent_stats=false"])
+    out = train(config.validate(), tmp_path / "annealed", progress=False)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    last = rows[-1]
+    assert last["beta_cap"] < 0.0005  # the rule set the cap: what the autoencoder explains is small here
+    assert last["beta"] == pytest.approx(last["beta_cap"])  # and the weight reached it
+    assert last["train_kl"] >= 5 and last["active_units"] >= 10

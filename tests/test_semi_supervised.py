@@ -370,26 +370,9 @@ def test_m2_with_unlabelled_images_beats_its_classifier_on_the_labels_alone(shar
     assert m2_error < alone_error - 0.02, (m2_error, alone_error)
 
 
-def noisy_background_folder(shared_data, root):
-    """MNIST digits over uniform noise (each pixel the larger of the digit's and a uniform draw),
-    as an image folder: scripts/grey_variants.py's `noisy-background`, built the same way."""
-    from PIL import Image
-
-    train = vaelab.load_dataset("mnist", "train", data_dir=shared_data)
-    images, labels = np.asarray(train.images[:, 0]), np.asarray(train.labels)
-    noise = np.random.default_rng(1)
-    for split, start, n in (("train", 42000, 8000), ("test", 50000, 2000)):
-        x = np.maximum(images[start:start + n], noise.integers(0, 256, (n, 28, 28), dtype=np.uint8))
-        for i, (image, label) in enumerate(zip(x, labels[start:start + n])):
-            folder = root / split / str(int(label))
-            folder.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(image, mode="L").save(folder / f"{i:05d}.png")
-    return f"folder:{root}"
-
-
 @pytest.mark.parametrize("dataset", ["mnist", "noisy-background"])
 def test_m2_on_pixels_beats_both_labelled_only_baselines_on_a_small_set(shared_data, tmp_path, one_torch_thread,
-                                                                        dataset):
+                                                                        dataset, request):
     """A user's short run on a small MNIST-like set: `mnist-m2` as it stands, 8,000 training
     images, 100 labels, 10 epochs, beats the same classifier trained on the labels alone and
     logistic regression on the labelled images' pixels. With Kingma's entropy weight (1) the
@@ -402,7 +385,7 @@ def test_m2_on_pixels_beats_both_labelled_only_baselines_on_a_small_set(shared_d
 
     from vaelab.presets import load_preset
 
-    name = "mnist" if dataset == "mnist" else noisy_background_folder(shared_data, tmp_path / "noisy")
+    name = "mnist" if dataset == "mnist" else request.getfixturevalue("noisy_background")
     c = load_preset("mnist-m2")
     c.apply_overrides([f"data.data_dir={shared_data}", f"data.name={name}", "data.limit=8000", "data.labelled=100",
                        "train.epochs=10", "train.threads=1", "train.device=cpu"])
