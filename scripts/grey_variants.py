@@ -4,7 +4,8 @@
 
 Each variant is an image folder (PNG, one subfolder per class, ``train/`` and ``test/``), the
 form `data.name=folder:GREY/NAME` reads; the images of different variants are disjoint, except the two built
-later over the digits of ``mnist-8k``:
+later over the digits of ``mnist-8k`` (``back-image``'s backgrounds are CIFAR-10 training images drawn for each
+split on its own, so some appear in both splits and in ``cifar-grey``):
 
 - ``mnist-8k``: MNIST training images 0-7,999, test images 0-1,999 (the one tuned on)
 - ``inverted``: training images 8,000-15,999 and test images 2,000-3,999, 255 - pixel

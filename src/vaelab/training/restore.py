@@ -38,7 +38,7 @@ def checked_state(trainer, tensors: dict, meta: dict, where: str, position: tupl
     kl = meta.get("kl_schedule")
     if not (isinstance(kl, dict) and "best_recon" in kl and set(kl) <= {"start", "best_recon", "annealing", "weight", "cap"}
             and all(v is None or validate.is_number(v, finite=False) for v in kl.values())
-            and (kl.get("cap") is None and "cap" not in kl or validate.is_number(kl.get("cap")) and kl["cap"] >= 0)):
+            and (kl.get("cap") is None or (validate.is_number(kl["cap"]) and kl["cap"] > 0))):
         raise VaelabError(f"{where}: its KL schedule state is not vaelab's ({kl!r:.60}): {fix}")
     scheduler = meta.get("scheduler")
     if trainer.scheduler is not None and scheduler is not None:

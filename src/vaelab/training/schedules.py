@@ -25,7 +25,13 @@ class KLSchedule:
         # ae-then-anneal state: the epoch the rise began (None: still an autoencoder), and its cap
         self.start: float | None = None
         self.best_recon = math.inf
-        self.cap = self.target
+        self.measured_cap: float | None = None  # the cap anneal_code_nats set, once the rise began
+
+    @property
+    def cap(self) -> float:
+        """Where the ae-then-anneal rise stops: beta, or lower where anneal_code_nats set it (a
+        resume with another beta moves it: the config's beta stays an upper bound)."""
+        return self.target if self.measured_cap is None else min(self.measured_cap, self.target)
 
     def beta_at(self, t: float) -> float:
         if self.kind == "constant":
@@ -59,15 +65,15 @@ class KLSchedule:
             self.start = float(epoch)
             gain = (mean_image_error - recon_error) * nats_per_error
             if self.code_nats > 0 and math.isfinite(gain) and gain > 0:
-                self.cap = min(self.target, gain / self.code_nats)
+                self.measured_cap = gain / self.code_nats
         self.best_recon = min(best, recon_error)
 
     def state(self) -> dict:
-        return {"start": self.start, "best_recon": self.best_recon, "cap": self.cap}
+        return {"start": self.start, "best_recon": self.best_recon, "cap": self.measured_cap}
 
     def load_state(self, state: dict, epoch: int) -> None:
         self.best_recon = state["best_recon"]
-        self.cap = state.get("cap", self.target)  # older checkpoints: the cap was beta
+        self.measured_cap = state.get("cap")  # None: the cap is beta (and older checkpoints have none)
         if "start" in state:
             self.start = state["start"]
         elif state.get("annealing"):  # older checkpoints: the weight stepped once an epoch

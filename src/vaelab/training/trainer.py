@@ -64,10 +64,12 @@ def compiled_loss():
     """training_loss through torch.compile: networks, likelihood and KL in one graph, so the
     elementwise work (activations, the loss, their backward) fuses into a few passes. The
     noise is drawn outside, from the same generator and in the same order as model.loss
-    would, so a compiled run follows the eager one (inductor would draw its own). The KL
-    weight goes in as a tensor: a float is baked into the graph and would recompile it at
-    every step of an annealing schedule. One graph per batch shape (the full batch and the
-    epoch's last), no dynamic shapes."""
+    would, so a compiled run follows the eager one (inductor would draw its own; dropout's
+    masks are still inductor's). The KL weight goes in as a tensor: a float is baked into the
+    graph and would recompile it at every step of an annealing schedule. One graph per batch
+    shape (the full batch and the epoch's last), no dynamic shapes. torch keeps the graphs of
+    every model one process compiles, up to its recompile limit (8): past about four runs in
+    one process, later ones train eagerly (torch warns)."""
     compiled = torch.compile(training_loss, dynamic=False)
 
     def loss(model, x, beta, train, **kwargs):
