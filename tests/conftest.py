@@ -42,25 +42,15 @@ def one_torch_thread():
 
 @pytest.fixture(scope="session")
 def noisy_background(tmp_path_factory):
-    """MNIST digits over uniform noise (each pixel the larger of the digit's and a uniform
-    draw) as an image folder, read as the returned data.name: scripts/grey_variants.py's
-    `noisy-background`, built the same way."""
-    import numpy as np
-    from PIL import Image
-
-    import vaelab
+    """MNIST digits over uniform noise as an image folder, read as the returned data.name:
+    scripts/grey_variants.py's `noisy-background`, built by the script itself."""
+    import subprocess
+    import sys
 
     shared = shared_data_dir()
     if shared is None:
         pytest.skip("../shared/data is not present")
-    root = tmp_path_factory.mktemp("noisy-background")
-    train = vaelab.load_dataset("mnist", "train", data_dir=shared)
-    images, labels = np.asarray(train.images[:, 0]), np.asarray(train.labels)
-    noise = np.random.default_rng(1)
-    for split, start, n in (("train", 42000, 8000), ("test", 50000, 2000)):
-        x = np.maximum(images[start:start + n], noise.integers(0, 256, (n, 28, 28), dtype=np.uint8))
-        for i, (image, label) in enumerate(zip(x, labels[start:start + n])):
-            folder = root / split / str(int(label))
-            folder.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(image, mode="L").save(folder / f"{i:05d}.png")
-    return f"folder:{root}"
+    root = tmp_path_factory.mktemp("grey")
+    subprocess.run([sys.executable, str(REPO / "scripts" / "grey_variants.py"), "--data-dir", str(shared),
+                    "--out", str(root), "--only", "noisy-background"], check=True, capture_output=True)
+    return f"folder:{root / 'noisy-background'}"

@@ -62,21 +62,6 @@ _FIELD_BITS = 21
 _FIELD_MASK = (1 << _FIELD_BITS) - 1
 
 
-def bernoulli_u8(images: torch.Tensor, generator: torch.Generator | None = None, below=None) -> torch.Tensor:
-    """x ~ Bernoulli(u / 255) for uint8 ``images`` u, as float32 0/1.
-
-    torch.bernoulli draws one 32-bit Mersenne-Twister number per pixel, one at a time:
-    1.4-1.5 ms for a 128 x 784 batch on one thread, 1.7-2x this function's time
-    (benchmarks/step_profile.py). Here each int64 draw (63 random bits) gives three 21-bit
-    uniforms f, and x = [floor(f * 255 / 2^21) < u] = [f * 255 < u * 2^21], so
-    P(x = 1) = ceil(u * 2^21 / 255) / 2^21: within 5e-7 of u / 255 for every u, and exact
-    for u = 0 and 255. ``below`` replaces :func:`pixels_below` (its torch.compile'd self).
-    """
-    m = (images.numel() + 2) // 3
-    words = torch.empty(m, dtype=torch.int64, device=images.device).random_(generator=generator)
-    return (below or pixels_below)(words, images)
-
-
 def pixels_below(words: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
     """The integer half of :func:`bernoulli_u8`: x = [f * 255 < u * 2^21] for the 21-bit
     fields f of the int64 ``words``, as float32 in the images' shape. No view of an input is
@@ -97,6 +82,21 @@ def pixels_below(words: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
     # comparing straight into float32 skips a bool tensor and its conversion (0.5 ms of 3.3 a 1024 batch)
     torch.lt(fields.mul_(255), images.reshape(-1).to(torch.int32).bitwise_left_shift_(_FIELD_BITS), out=x.view(-1))
     return x
+
+
+def bernoulli_u8(images: torch.Tensor, generator: torch.Generator | None = None, below=pixels_below) -> torch.Tensor:
+    """x ~ Bernoulli(u / 255) for uint8 ``images`` u, as float32 0/1.
+
+    torch.bernoulli draws one 32-bit Mersenne-Twister number per pixel, one at a time:
+    1.4-1.5 ms for a 128 x 784 batch on one thread, 1.7-2x this function's time
+    (benchmarks/step_profile.py). Here each int64 draw (63 random bits) gives three 21-bit
+    uniforms f, and x = [floor(f * 255 / 2^21) < u] = [f * 255 < u * 2^21], so
+    P(x = 1) = ceil(u * 2^21 / 255) / 2^21: within 5e-7 of u / 255 for every u, and exact
+    for u = 0 and 255. ``below`` replaces :func:`pixels_below` (its torch.compile'd self).
+    """
+    m = (images.numel() + 2) // 3
+    words = torch.empty(m, dtype=torch.int64, device=images.device).random_(generator=generator)
+    return below(words, images)
 
 
 def _int64(constant: int) -> int:
@@ -145,7 +145,7 @@ class DynamicBinarize(Transform):
 
     def __init__(self, dequantize: bool = False):
         super().__init__(dequantize)
-        self._below = None  # pixels_below, or its compiled self (compile())
+        self._below = pixels_below  # or its compiled self (compile())
 
     def __call__(self, images, generator=None):
         return bernoulli_u8(images, generator, self._below)
